@@ -1,0 +1,1 @@
+"""Baseline forecasters judged against MixMamba: PatchTST, iTransformer and DLinear."""

@@ -1,0 +1,1 @@
+"""The experiment layer: datasets and the Time-Series-Library protocol, training, tracking and benchmarks."""

@@ -1,0 +1,1 @@
+"""Leaderboards, paper-ready tables and figures built from the runs in MLflow."""

@@ -1,0 +1,247 @@
+"""The Time-Series-Library forecasting protocol as tensors: splits, scaling, time features and stride-1 windows.
+
+`load_forecast_data` is the one entry point; each split is stored once on the device and a batch of windows is an
+index gather, so iterating never runs a Python loop per sample.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+
+from benchmarks.csvcache import ParsedCSV, load_csv
+from benchmarks.datafiles import ensure_file
+from benchmarks.datasets import SPLIT_NAMES, DatasetSpec, get_dataset, split_bounds
+from benchmarks.errors import InputError
+from benchmarks.timefeatures import n_time_features, time_features
+
+Features = Literal["M", "S", "MS"]
+
+
+@dataclass(frozen=True)
+class DataProtocol:
+    """How a dataset becomes forecasting windows; the defaults are TSLib's long-term forecasting settings."""
+
+    seq_len: int = 96          # lookback rows per window
+    pred_len: int = 96         # forecast rows per window
+    features: Features = "M"   # M: all channels -> all; S: target -> target; MS: all channels -> target
+    target: str = "OT"         # the target column; M/MS move it last, as TSLib does (ETT files keep their order)
+    scale: bool = True         # standardise with mean/std of the training rows
+    freq: str = "h"            # frequency string of the timeF features (TSLib's default 'h' for every dataset)
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "pred_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InputError(f"{name} must be a positive integer, got {value!r}; pass e.g. {name}=96")
+        if self.features not in ("M", "S", "MS"):
+            raise InputError(f"features must be 'M', 'S' or 'MS', got {self.features!r}")
+        if not isinstance(self.target, str) or not self.target:
+            raise InputError(f"target must be a column name, got {self.target!r}; the TSLib default is 'OT'")
+        n_time_features(self.freq)  # raises InputError for an unknown frequency
+
+
+class WindowBatch(NamedTuple):
+    """A batch of windows, float32 on the split's device."""
+
+    x: torch.Tensor        # (B, seq_len, C_in) lookback values
+    y: torch.Tensor        # (B, pred_len, C_in) the values that follow
+    x_mark: torch.Tensor   # (B, seq_len, F) time features of the lookback
+    y_mark: torch.Tensor   # (B, pred_len, F) time features of the forecast rows
+
+
+@dataclass(frozen=True, eq=False)
+class WindowedSplit:
+    """One split's rows, stored once; window i is rows [i, i + seq_len) followed by the next pred_len rows."""
+
+    name: str
+    values: torch.Tensor   # (rows, C_in) float32, contiguous
+    marks: torch.Tensor    # (rows, F) float32, contiguous
+    seq_len: int
+    pred_len: int
+    first_row: int         # the file row of values[0]
+    _x_offsets: torch.Tensor = field(init=False, repr=False)
+    _y_offsets: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.values.shape[0] != self.marks.shape[0]:
+            raise ValueError(f"values have {self.values.shape[0]} rows but marks have {self.marks.shape[0]}")
+        if self.num_windows < 1:
+            raise InputError(f"the {self.name} split has {self.num_rows:,} rows, fewer than seq_len + pred_len = "
+                             f"{self.seq_len + self.pred_len:,}; use a shorter seq_len or pred_len")
+        device = self.values.device
+        object.__setattr__(self, "_x_offsets", torch.arange(self.seq_len, device=device))
+        object.__setattr__(self, "_y_offsets", torch.arange(self.seq_len, self.seq_len + self.pred_len, device=device))
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def num_windows(self) -> int:
+        return self.num_rows - self.seq_len - self.pred_len + 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def __len__(self) -> int:
+        return self.num_windows
+
+    def to(self, device: str | torch.device) -> WindowedSplit:
+        """This split with its tensors on `device`."""
+        return WindowedSplit(self.name, self.values.to(device), self.marks.to(device), self.seq_len, self.pred_len,
+                             self.first_row)
+
+    def batch(self, index: torch.Tensor) -> WindowBatch:
+        """The windows whose first rows are `index` (a 1-D integer tensor on any device)."""
+        index = torch.as_tensor(index).reshape(-1)
+        if index.dtype not in (torch.int32, torch.int64):
+            raise InputError(f"window indices must be integers, got {index.dtype}; pass a LongTensor")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_windows):
+            raise InputError(f"window indices must lie in [0, {self.num_windows}) for the {self.name} split, got "
+                             f"{int(index.min())}..{int(index.max())}")
+        return self._gather(index.to(self.device, torch.int64))
+
+    def iter_batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                     limit: int | None = None) -> Iterator[WindowBatch]:
+        """Every window once, `batch_size` at a time; the last batch may be partial; at most `limit` batches.
+
+        Shuffling draws `torch.randperm` on the CPU from `generator` (a CPU generator), so the order is the same on
+        every device for the same seed.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise InputError(f"limit must be None or a non-negative integer, got {limit!r}")
+        n = self.num_windows
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(self.device)
+        n_batches = math.ceil(n / batch_size) if limit is None else min(math.ceil(n / batch_size), limit)
+        for start in range(0, n_batches * batch_size, batch_size):
+            yield self._gather(order[start:start + batch_size])
+
+    def _gather(self, index: torch.Tensor) -> WindowBatch:
+        # index_select on flattened row numbers is several times faster on the CPU than 2-D advanced indexing
+        batch, channels, features = index.shape[0], self.values.shape[1], self.marks.shape[1]
+        x_rows = (index[:, None] + self._x_offsets).reshape(-1)   # (B * seq_len,)
+        y_rows = (index[:, None] + self._y_offsets).reshape(-1)   # (B * pred_len,)
+        return WindowBatch(
+            self.values.index_select(0, x_rows).view(batch, self.seq_len, channels),
+            self.values.index_select(0, y_rows).view(batch, self.pred_len, channels),
+            self.marks.index_select(0, x_rows).view(batch, self.seq_len, features),
+            self.marks.index_select(0, y_rows).view(batch, self.pred_len, features),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ForecastData:
+    """A dataset under a protocol: three windowed splits plus what produced them."""
+
+    dataset: str                  # registry name, e.g. 'weather'
+    protocol: DataProtocol
+    path: Path
+    sha256: str                   # of the CSV the splits came from
+    columns: tuple[str, ...]      # names of the C_in input channels, in tensor order (target last for S/MS)
+    scaler_mean: np.ndarray       # (C_in,) float64, from the training rows (zeros when scale=False)
+    scaler_std: np.ndarray        # (C_in,) float64, population std of the training rows (ones when scale=False)
+    train: WindowedSplit
+    val: WindowedSplit
+    test: WindowedSplit
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.columns)
+
+    @property
+    def n_targets(self) -> int:
+        return self.n_channels if self.protocol.features == "M" else 1
+
+    @property
+    def n_time_features(self) -> int:
+        return int(self.train.marks.shape[1])
+
+    @property
+    def splits(self) -> dict[str, WindowedSplit]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def to(self, device: str | torch.device) -> ForecastData:
+        """This data with every split's tensors on `device`."""
+        return ForecastData(self.dataset, self.protocol, self.path, self.sha256, self.columns, self.scaler_mean,
+                            self.scaler_std, self.train.to(device), self.val.to(device), self.test.to(device))
+
+
+def load_forecast_data(name: str, protocol: DataProtocol = DataProtocol(), data_dir: str | os.PathLike | None = None,
+                       device: str | torch.device = "cpu", *, download: bool = True,
+                       verify: bool = True) -> ForecastData:
+    """Load registered dataset `name` under `protocol`, with the splits on `device`.
+
+    `data_dir=None` means $MIXBENCH_DATA_DIR, else ./dataset. A missing file is downloaded unless `download=False`;
+    `verify=False` accepts a file whose sha256 differs from the registry's (a modified or custom copy).
+    """
+    spec = get_dataset(name)
+    path, sha256 = ensure_file(spec, data_dir, download=download, verify=verify)
+    parsed = load_csv(path, sha256)
+    columns = _input_columns(spec, parsed, protocol, path)
+    raw = parsed.values[:, [parsed.columns.index(column) for column in columns]]   # (rows, C_in) float64
+    bounds = _checked_bounds(spec, parsed.n_rows, protocol, path)
+
+    train_start, train_end = bounds["train"]
+    if protocol.scale:
+        mean = raw[train_start:train_end].mean(axis=0)
+        std = raw[train_start:train_end].std(axis=0)
+        # sklearn's StandardScaler leaves a constant channel unscaled rather than dividing by zero
+        std = np.where(std == 0.0, 1.0, std)
+        scaled = (raw - mean) / std
+    else:
+        mean, std, scaled = np.zeros(len(columns)), np.ones(len(columns)), raw
+    marks = time_features(parsed.dates, protocol.freq)                               # (rows, F) float64
+
+    splits = {}
+    for split, (start, end) in bounds.items():
+        values = torch.from_numpy(np.ascontiguousarray(scaled[start:end], dtype=np.float32))
+        split_marks = torch.from_numpy(np.ascontiguousarray(marks[start:end], dtype=np.float32))
+        try:
+            splits[split] = WindowedSplit(split, values.to(device), split_marks.to(device), protocol.seq_len,
+                                          protocol.pred_len, start)
+        except InputError as error:
+            raise InputError(f"{spec.name}: {error}") from None
+    return ForecastData(dataset=spec.name, protocol=protocol, path=path, sha256=sha256, columns=columns,
+                        scaler_mean=mean, scaler_std=std, **splits)
+
+
+def _input_columns(spec: DatasetSpec, parsed: ParsedCSV, protocol: DataProtocol, path: Path) -> tuple[str, ...]:
+    """The input channels in TSLib's order: S the target alone; M/MS all columns, target last (ETT: file order)."""
+    if protocol.target not in parsed.columns:
+        listed = ", ".join(repr(column) for column in parsed.columns[:8])
+        raise InputError(f"target {protocol.target!r} is not a column of {path} (columns: {listed}"
+                         f"{', ...' if len(parsed.columns) > 8 else ''}); pass one of them as target")
+    if protocol.features == "S":
+        return (protocol.target,)
+    if spec.column_order == "file":
+        if protocol.features == "MS" and parsed.columns[-1] != protocol.target:
+            raise InputError(f"TSLib's ETT loader keeps the file's column order and forecasts its last column "
+                             f"{parsed.columns[-1]!r} under MS, not target {protocol.target!r}; use target "
+                             f"{parsed.columns[-1]!r}, or features S")
+        return parsed.columns
+    return tuple(column for column in parsed.columns if column != protocol.target) + (protocol.target,)
+
+
+def _checked_bounds(spec: DatasetSpec, n_rows: int, protocol: DataProtocol, path: Path) -> dict[str, tuple[int, int]]:
+    bounds = split_bounds(spec.split_rule, n_rows, protocol.seq_len)
+    needed = bounds["test"][1]
+    if needed > n_rows:
+        raise InputError(f"{path} has {n_rows:,} rows but the {spec.name} split reads rows up to {needed:,}; "
+                         "use the complete file")
+    for split in SPLIT_NAMES:
+        start, _ = bounds[split]
+        if start < 0:
+            raise InputError(f"{spec.name}: seq_len {protocol.seq_len:,} reaches before the first row for the "
+                             f"{split} split (only {bounds['train'][1]:,} training rows); use a shorter seq_len")
+    return bounds

@@ -1,0 +1,156 @@
+"""Dataset files on disk: the data dir, checksums, and downloads from the Time-Series-Library Hugging Face repo.
+
+A download lands in a temporary folder beside its destination and is moved into place only after its sha256
+matches the registry, so the data dir never holds a partial or unverified copy of a registered file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.csvcache import cache_dir, write_atomically
+from benchmarks.datasets import DatasetSpec
+from benchmarks.errors import InputError
+
+HF_REPO_ID = "thuml/Time-Series-Library"
+HF_REPO_URL = f"https://huggingface.co/datasets/{HF_REPO_ID}"
+DEFAULT_DATA_DIR = Path("dataset")
+
+_log = logging.getLogger(__name__)
+_hash_memo: dict[tuple[str, int, int], str] = {}
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """Where a dataset's file is expected and what is known about the copy there."""
+
+    path: Path
+    present: bool
+    sha256: str | None       # of the file on disk; None when absent
+    verified: bool | None    # True/False against the registry; None when absent or no reference hash exists
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """`data_dir` if given, else $MIXBENCH_DATA_DIR, else ./dataset."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    if os.environ.get("MIXBENCH_DATA_DIR"):
+        return Path(os.environ["MIXBENCH_DATA_DIR"]).expanduser()
+    return DEFAULT_DATA_DIR
+
+
+def dataset_path(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> Path:
+    """Where `spec`'s file lies in the data dir (TSLib layout), present or not."""
+    return resolve_data_dir(data_dir) / spec.path
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of `path`, remembered (in memory and in the cache dir) by path, size and modification time."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _hash_memo:
+        return _hash_memo[key]
+    entry = cache_dir() / "sha256" / (hashlib.sha256(json.dumps(key).encode()).hexdigest()[:40] + ".txt")
+    try:
+        remembered = entry.read_text().strip()
+    except OSError:
+        remembered = ""
+    if len(remembered) == 64 and all(character in "0123456789abcdef" for character in remembered):
+        _hash_memo[key] = remembered
+        return remembered
+    sha256 = _hash_contents(path)
+    _hash_memo[key] = sha256
+    try:
+        write_atomically(entry, lambda handle: handle.write(sha256.encode()))
+    except OSError:
+        pass  # remembering the hash only saves time; the in-memory memo still serves this process
+    return sha256
+
+
+def _hash_contents(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_status(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> FileStatus:
+    """Whether `spec`'s file is in the data dir and whether it matches the registry's sha256."""
+    path = dataset_path(spec, data_dir)
+    if not path.is_file():
+        return FileStatus(path=path, present=False, sha256=None, verified=None)
+    sha256 = file_sha256(path)
+    verified = None if spec.sha256 is None else sha256 == spec.sha256
+    return FileStatus(path=path, present=True, sha256=sha256, verified=verified)
+
+
+def verify_file(spec: DatasetSpec, path: Path) -> str:
+    """The sha256 of `path`; InputError when the registry knows `spec`'s hash and it differs."""
+    sha256 = file_sha256(path)
+    if spec.sha256 is not None and sha256 != spec.sha256:
+        raise InputError(
+            f"{path} has sha256 {sha256} but {spec.name} should have {spec.sha256}; replace it with the original "
+            f"(mixbench data download {spec.name} --force) or skip the check (verify=False, --no-verify)")
+    return sha256
+
+
+def download_file(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> Path:
+    """Download `spec`'s file from the TSLib Hugging Face dataset repo into the data dir, replacing any copy there.
+
+    The file is checked against the registry's sha256 before it is moved into place; on any failure no file is left.
+    """
+    from huggingface_hub import hf_hub_download  # imported here: it is slow to import and only needed to download
+
+    destination = dataset_path(spec, data_dir)
+    placement = (f"place {Path(spec.path).name} from {HF_REPO_URL} (or the TSLib Google Drive) at {destination}, "
+                 "or point --data-dir / MIXBENCH_DATA_DIR at a folder that holds it")
+    created_folder = not destination.parent.exists()
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.download-"))
+    except OSError as error:
+        raise InputError(f"cannot write {destination} ({error.strerror or error}); {placement}") from None
+    kept = False
+    try:
+        _log.info("downloading %s from %s", spec.path, HF_REPO_URL)
+        try:
+            downloaded = Path(hf_hub_download(repo_id=HF_REPO_ID, filename=spec.path, repo_type="dataset",
+                                              local_dir=staging))
+        except Exception as error:  # offline, unreachable, not found, HTTP errors: all leave nothing behind
+            reason = " ".join(str(error).split())[:200]
+            raise InputError(f"downloading {spec.path} from {HF_REPO_URL} to {destination} failed "
+                             f"({type(error).__name__}: {reason}); {placement}") from None
+        sha256 = _hash_contents(downloaded)
+        if spec.sha256 is not None and sha256 != spec.sha256:
+            raise InputError(f"the downloaded {spec.path} has sha256 {sha256} but {spec.name} should have "
+                             f"{spec.sha256}; the file was not kept: retry later, or {placement}")
+        os.replace(downloaded, destination)
+        kept = True
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created_folder and not kept:
+            try:
+                destination.parent.rmdir()  # only while empty: another download may be filling it too
+            except OSError:
+                pass
+    return destination
+
+
+def ensure_file(spec: DatasetSpec, data_dir: str | os.PathLike | None = None, *,
+                download: bool = True, verify: bool = True) -> tuple[Path, str]:
+    """(path, sha256) of `spec`'s file, downloading it when missing and checking it against the registry."""
+    path = dataset_path(spec, data_dir)
+    if not path.is_file():
+        if not download:
+            raise InputError(f"{path} is missing; run `mixbench data download {spec.name}` or place "
+                             f"{Path(spec.path).name} there")
+        download_file(spec, data_dir)
+    sha256 = verify_file(spec, path) if verify else file_sha256(path)
+    return path, sha256

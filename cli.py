@@ -12,6 +12,31 @@ import click
 
 # name -> (module:attribute, one-line purpose, example)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "benchmark": (
+        "results.commands:benchmark",
+        "Run the benchmark grid (datasets x models x horizons x seeds) as Ray tasks, logged to MLflow.",
+        "mixbench benchmark --datasets weather,ETTh1 --seeds 3 --suite paper",
+    ),
+    "leaderboard": (
+        "results.commands:leaderboard",
+        "Test MSE/MAE per dataset, horizon and model: mean +- std over seeds, config chosen by validation loss.",
+        "mixbench leaderboard --suite paper --format csv",
+    ),
+    "train": (
+        "benchmarks.train_command:train",
+        "Train and test one model on one dataset, tracked in MLflow.",
+        "mixbench train --model mixmamba --dataset ETTh1 --pred-len 96",
+    ),
+    "ui": (
+        "benchmarks.train_command:ui",
+        "Open the MLflow UI on the tracking store (127.0.0.1 by default).",
+        "mixbench ui --port 5000",
+    ),
+    "table": (
+        "results.commands:table",
+        "The MixMamba-paper results table (LaTeX/Markdown/CSV), optionally with per-dataset PNG figures.",
+        "mixbench table --format latex --reference paper --std --figures figures/",
+    ),
     "data": (
         "benchmarks.data_commands:data",
         "List, download and inspect the benchmark datasets.",

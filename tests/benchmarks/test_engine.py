@@ -1,0 +1,230 @@
+"""The training engine on real ETTh1: determinism, early stopping and best-weight restore, schedules, resume,
+test metrics over every window, saved weights, artifacts and divergence errors. Tiny models, few batches."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, load_model
+
+from benchmarks.data import DataProtocol, load_forecast_data
+from benchmarks.engine import (
+    ExperimentSpec,
+    NonFiniteLossError,
+    TrainConfig,
+    evaluate,
+    resolve_experiment,
+    run_experiment,
+    scheduled_learning_rate,
+)
+from benchmarks.errors import InputError
+from benchmarks.models import PROTOCOL_FIELDS, build_model, recipe
+
+TINY_MODELS = {
+    "dlinear": {},
+    "patchtst": {"d_model": 16, "n_heads": 2, "e_layers": 1, "d_ff": 32},
+    "mixmamba": {"d_model": 8, "d_state": 8},
+}
+
+
+def tiny_spec(data_dir, model="dlinear", seed=2021, features="M", **train) -> ExperimentSpec:
+    settings = {"epochs": 2, "batch_size": 16, "limit_train_batches": 3, "limit_eval_batches": 2, **train}
+    return ExperimentSpec(dataset="ETTh1", model=model, seq_len=48, pred_len=24, features=features, seed=seed,
+                          device="cpu", data_dir=str(data_dir), model_overrides=dict(TINY_MODELS[model]),
+                          train_overrides=settings)
+
+
+def fresh_model(result):
+    overrides = {key: value for key, value in result.model_config.items() if key not in PROTOCOL_FIELDS}
+    config = result.model_config
+    model, _ = build_model(result.spec.model, config["seq_len"], config["pred_len"], config["enc_in"], overrides)
+    return model
+
+
+def test_same_seed_gives_identical_runs_and_another_seed_differs(shared_data_dir, tmp_path):
+    # PatchTST has dropout, so this covers the global torch RNG as well as the shuffling generator.
+    first = run_experiment(tiny_spec(shared_data_dir, "patchtst", seed=7), artifact_dir=tmp_path / "a")
+    again = run_experiment(tiny_spec(shared_data_dir, "patchtst", seed=7), artifact_dir=tmp_path / "b")
+    other = run_experiment(tiny_spec(shared_data_dir, "patchtst", seed=8), artifact_dir=tmp_path / "c")
+
+    def losses(result):
+        return [(row["train_loss"], row["val_loss"]) for row in result.history]
+
+    assert losses(first) == losses(again)
+    assert (first.test_mse, first.test_mae) == (again.test_mse, again.test_mae)
+    assert losses(first) != losses(other)
+    assert first.test_mse != other.test_mse
+    weights_a = load_file(tmp_path / "a" / "model" / "weights.safetensors")
+    weights_b = load_file(tmp_path / "b" / "model" / "weights.safetensors")
+    assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
+
+
+def test_test_metrics_cover_every_window_and_saved_weights_reproduce_them(shared_data_dir, tmp_path):
+    spec = tiny_spec(shared_data_dir, batch_size=64, limit_eval_batches=None, epochs=1)
+    result = run_experiment(spec, artifact_dir=tmp_path)
+
+    data = load_forecast_data("ETTh1", DataProtocol(seq_len=48, pred_len=24), data_dir=shared_data_dir)
+    assert data.test.num_windows % 64 != 0  # the last batch is partial: a mean of batch means would differ
+    model = fresh_model(result)
+    load_model(model, tmp_path / "model" / "weights.safetensors")
+    model.eval()
+    with torch.no_grad():
+        batch = data.test.batch(torch.arange(data.test.num_windows))
+        forecast, _ = model(batch.x, batch.x_mark)
+    error = (forecast - batch.y).double().numpy()
+    assert result.test_mse == pytest.approx(np.mean(error**2), rel=1e-6)
+    assert result.test_mae == pytest.approx(np.mean(np.abs(error)), rel=1e-6)
+    # The public evaluate() on the reloaded weights gives the engine's numbers exactly.
+    assert evaluate(model, data.test, features="M", batch_size=64) == (result.test_mse, result.test_mae)
+
+
+def test_ms_scores_only_the_target_channel(shared_data_dir, tmp_path):
+    result = run_experiment(tiny_spec(shared_data_dir, features="MS", epochs=1, limit_eval_batches=1),
+                            artifact_dir=tmp_path)
+    data = load_forecast_data("ETTh1", DataProtocol(seq_len=48, pred_len=24, features="MS"), data_dir=shared_data_dir)
+    model = fresh_model(result)
+    load_model(model, tmp_path / "model" / "weights.safetensors")
+    model.eval()
+    with torch.no_grad():
+        batch = data.test.batch(torch.arange(16))
+        forecast, _ = model(batch.x, batch.x_mark)  # (16, 24, 7)
+    error = (forecast[..., -1] - batch.y[..., -1]).double().numpy()
+    assert result.test_mse == pytest.approx(np.mean(error**2), rel=1e-6)
+    assert data.columns[-1] == "OT"
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights(shared_data_dir, tmp_path):
+    # A learning rate this large makes validation loss jump about, so patience 1 stops early.
+    states = {}
+
+    def keep_state(report):
+        states[report.epoch] = report.state()
+
+    spec = tiny_spec(shared_data_dir, epochs=8, patience=1, learning_rate=0.5, lradj="constant")
+    result = run_experiment(spec, on_epoch=keep_state, artifact_dir=tmp_path)
+
+    val = [row["val_loss"] for row in result.history]
+    assert result.epochs_run < 8
+    assert len(val) == result.epochs_run
+    # Stopped at the first epoch that did not improve on the best before it (TSLib: a tie is an improvement).
+    first_worse = next(index for index in range(1, len(val)) if val[index] > min(val[:index]))
+    assert result.epochs_run == first_worse + 1
+    assert result.best_epoch == int(np.argmin(val)) + 1
+    assert result.best_val_loss == min(val)
+    assert result.best_epoch < result.epochs_run
+    saved = load_file(tmp_path / "model" / "weights.safetensors")
+    best = states[result.best_epoch]["model"]
+    last = states[result.epochs_run]["model"]
+    assert all(torch.equal(saved[name], best[name]) for name in saved)
+    assert not all(torch.equal(saved[name], last[name]) for name in saved)
+
+
+def test_type1_halves_the_rate_after_each_epoch_from_the_second(shared_data_dir, tmp_path):
+    spec = tiny_spec(shared_data_dir, epochs=4, patience=10, learning_rate=1e-3, lradj="type1", limit_train_batches=1,
+                     limit_eval_batches=1)
+    result = run_experiment(spec, artifact_dir=tmp_path)
+    assert [row["lr"] for row in result.history] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4], rel=1e-12)
+
+
+def test_schedules_follow_tslib_adjust_learning_rate():
+    config = TrainConfig(epochs=10, learning_rate=1e-3, lradj="type1")
+    assert [scheduled_learning_rate(config, epoch) for epoch in (1, 2, 3, 10)] == [1e-3, 5e-4, 2.5e-4, 1e-3 / 512]
+    cosine = replace(config, lradj="cosine")
+    assert scheduled_learning_rate(cosine, 5) == pytest.approx(5e-4)
+    assert scheduled_learning_rate(cosine, 10) == pytest.approx(0.0, abs=1e-18)
+    assert scheduled_learning_rate(replace(config, lradj="constant"), 7) == 1e-3
+
+
+def test_resuming_from_a_saved_state_matches_an_uninterrupted_run(shared_data_dir, tmp_path):
+    spec = tiny_spec(shared_data_dir, "patchtst", epochs=3, patience=5)
+    checkpoints = {}
+
+    def save(report):
+        path = tmp_path / f"epoch{report.epoch}.pt"
+        torch.save(report.state(), path)
+        checkpoints[report.epoch] = path
+
+    whole = run_experiment(spec, on_epoch=save, artifact_dir=tmp_path / "whole")
+    state = torch.load(checkpoints[1], weights_only=True)
+    resumed = run_experiment(spec, resume_state=state, artifact_dir=tmp_path / "resumed")
+
+    assert state["epoch"] == 1
+    assert resumed.history == [
+        {**row, "epoch_seconds": resumed.history[index]["epoch_seconds"],
+         "samples_per_s": resumed.history[index]["samples_per_s"]} if index >= 1 else row
+        for index, row in enumerate(whole.history)
+    ]
+    assert (resumed.test_mse, resumed.test_mae, resumed.best_epoch) == (whole.test_mse, whole.test_mae,
+                                                                          whole.best_epoch)
+
+
+def test_raising_from_on_epoch_stops_training(shared_data_dir, tmp_path):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(report):
+        seen.append(report.epoch)
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_experiment(tiny_spec(shared_data_dir, epochs=5), on_epoch=stop_after_first, artifact_dir=tmp_path)
+    assert seen == [1]
+
+
+def test_a_diverging_run_raises_non_finite_loss_error(shared_data_dir, tmp_path):
+    spec = tiny_spec(shared_data_dir, learning_rate=1e30, epochs=3, lradj="constant")
+    with pytest.raises(NonFiniteLossError, match="diverged at epoch 1.*lower train.learning_rate"):
+        run_experiment(spec, artifact_dir=tmp_path)
+
+
+def test_mixmamba_writes_config_weights_and_both_plots(shared_data_dir, tmp_path):
+    spec = tiny_spec(shared_data_dir, "mixmamba", epochs=1, batch_size=4, limit_train_batches=2, limit_eval_batches=2)
+    result = run_experiment(spec, artifact_dir=tmp_path)
+
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["model"] == "mixmamba" and config["seed"] == 2021
+    assert config["model_config"]["d_model"] == 8 and config["model_config"]["enc_in"] == 7
+    assert config["train"]["batch_size"] == 4 and config["train"]["optimizer"] == "adamw"  # from the recipe
+    assert config["data"]["dataset"] == "ETTh1" and len(config["data"]["sha256"]) == 64
+    for image in ("plots/forecast.png", "plots/experts.png"):
+        assert (tmp_path / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = fresh_model(result)
+    load_model(model, tmp_path / "model" / "weights.safetensors")
+    data = load_forecast_data("ETTh1", DataProtocol(seq_len=48, pred_len=24), data_dir=shared_data_dir)
+    assert evaluate(model, data.test, features="M", batch_size=4, limit=2, seed=2021) == (result.test_mse,
+                                                                                         result.test_mae)
+
+
+def test_resolve_fills_the_recipe_and_overrides_win(shared_data_dir):
+    reference = recipe("mixmamba", "ETTh1", 96)
+    plain = resolve_experiment(ExperimentSpec(dataset="ETTh1", model="mixmamba"))
+    assert plain.train.learning_rate == reference.train["learning_rate"] == 1e-3
+    assert plain.train.optimizer == "adamw" and plain.train.loss == "mae"
+    assert plain.model_overrides == reference.model
+
+    spec = ExperimentSpec(dataset="ETTh1", model="mixmamba", model_overrides={"d_model": 32},
+                          train=TrainConfig(learning_rate=5e-3), train_overrides={"batch_size": 32, "epochs": 2})
+    resolved = resolve_experiment(spec)
+    assert resolved.model_overrides["d_model"] == 32
+    assert resolved.train.learning_rate == 5e-3 and resolved.train.epochs == 2 and resolved.train.batch_size == 32
+    assert resolve_experiment(resolved) == resolved
+
+
+@pytest.mark.parametrize("setting", [{"optimizer": "sgd"}, {"epochs": 0}, {"learning_rate": "fast"},
+                                     {"batch_size": 2.5}, {"lradj": "type9"}, {"warmup": 3}])
+def test_bad_training_settings_raise_input_error(setting):
+    with pytest.raises(InputError, match=f"{next(iter(setting))}"):
+        resolve_experiment(ExperimentSpec(dataset="ETTh1", model="dlinear", train_overrides=setting))
+
+
+def test_an_unavailable_device_is_an_input_error(shared_data_dir):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        run_experiment(replace(tiny_spec(shared_data_dir), device="cuda"))

@@ -1,0 +1,145 @@
+"""Where a benchmark's configs come from (`--configs default|best|FILE`): the recipe defaults, the best config of
+the latest finished search per (dataset, model, pred_len) in MLflow, or a YAML file of entries as the search writes.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from benchmarks.errors import InputError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+# What `mixbench search` logs at the root of its parent run (search/summary.py BEST_CONFIG_FILE).
+BEST_CONFIG_ARTIFACT = "best_config.yaml"
+ENTRY_KEYS = ("model", "dataset", "pred_len", "seq_len", "display_name", "model_overrides", "train_overrides")
+
+
+@dataclass(frozen=True)
+class ConfigEntry:
+    """One config to benchmark: overrides on top of the recipe of (model, dataset, pred_len).
+
+    dataset / pred_len None mean every dataset / horizon of the grid; seq_len None keeps the grid's lookback;
+    display_name, when given, becomes the run's `display_name` tag and the model's column in tables.
+    """
+
+    model: str
+    dataset: str | None = None
+    pred_len: int | None = None
+    seq_len: int | None = None
+    display_name: str | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def matches(self, dataset: str, model: str, pred_len: int) -> bool:
+        """Whether this entry configures the grid cell (dataset, model, pred_len)."""
+        return (self.model == model and self.dataset in (None, dataset) and self.pred_len in (None, pred_len))
+
+
+def parse_entry(raw: Any, where: str) -> ConfigEntry:
+    """A ConfigEntry from one YAML mapping; `where` names it in errors (file and position)."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{where} must be a mapping with keys {', '.join(ENTRY_KEYS)}; fix the YAML")
+    unknown = sorted(set(raw) - set(ENTRY_KEYS))
+    if unknown:
+        raise InputError(f"{where} has unknown key {unknown[0]!r}; valid keys are {', '.join(ENTRY_KEYS)}")
+    if not isinstance(raw.get("model"), str):
+        raise InputError(f"{where} needs `model:` (a registry name such as patchtst)")
+    for key in ("pred_len", "seq_len"):
+        value = raw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{where}: {key}={value!r} must be a positive integer")
+    for key in ("model_overrides", "train_overrides"):
+        if not isinstance(raw.get(key) or {}, dict):
+            raise InputError(f"{where}: {key} must be a mapping of setting -> value")
+    display_name = raw.get("display_name")
+    return ConfigEntry(
+        model=raw["model"],
+        dataset=None if raw.get("dataset") is None else str(raw["dataset"]),
+        pred_len=raw.get("pred_len"),
+        seq_len=raw.get("seq_len"),
+        display_name=None if display_name is None else str(display_name),
+        model_overrides=dict(raw.get("model_overrides") or {}),
+        train_overrides=dict(raw.get("train_overrides") or {}),
+    )
+
+
+def load_config_file(path: Path) -> list[ConfigEntry]:
+    """Entries of a configs YAML: one mapping (a search's best-config file), a list of them, or `configs: [...]`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--configs {path}: no such file; pass default, best or a YAML file of configs")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise InputError(f"--configs {path} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from None
+    if isinstance(data, dict) and set(data) == {"configs"}:
+        data = data["configs"]
+    items = data if isinstance(data, list) else [data]
+    if not items:
+        raise InputError(f"--configs {path} has no entries; add at least one mapping with `model:`")
+    return [parse_entry(item, f"--configs {path} entry {index + 1}") for index, item in enumerate(items)]
+
+
+def best_search_configs(tracking_uri: str, experiment: str, cells: list[tuple[str, str, int]]) -> list[ConfigEntry]:
+    """The best config of the latest finished search (parent run, kind=search) for each (dataset, model, pred_len).
+
+    Raises InputError naming the first cell that no finished search covers.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    entries = []
+    for dataset, model, pred_len in cells:
+        runs = [] if found is None else client.search_runs(
+            [found.experiment_id],
+            filter_string=(
+                "tags.`mixbench.kind` = 'search' and attributes.status = 'FINISHED' and "
+                f"tags.dataset = '{dataset}' and tags.model = '{model}' and tags.pred_len = '{pred_len}'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            raise InputError(
+                f"--configs best: no finished search for {model} on {dataset} at pred_len {pred_len} in experiment "
+                f"'{experiment}'; run `mixbench search --dataset {dataset} --model {model} --pred-len {pred_len}` "
+                "or use --configs default"
+            )
+        entries.append(_entry_from_search(client, runs[0], dataset, model, pred_len))
+    return entries
+
+
+def _entry_from_search(client: MlflowClient, run: Run, dataset: str, model: str, pred_len: int) -> ConfigEntry:
+    """The search run's best-config YAML artifact, else its `best.model.*` / `best.train.*` params."""
+    names = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    if BEST_CONFIG_ARTIFACT in names:
+        with tempfile.TemporaryDirectory() as directory:
+            local = client.download_artifacts(run.info.run_id, BEST_CONFIG_ARTIFACT, directory)
+            entry = parse_entry(yaml.safe_load(Path(local).read_text()), f"search run {run.info.run_id} best config")
+        return ConfigEntry(model, dataset, pred_len, entry.seq_len, None, entry.model_overrides, entry.train_overrides)
+    model_overrides, train_overrides, seq_len = {}, {}, None
+    for key, text in run.data.params.items():
+        if not key.startswith("best."):
+            continue
+        value = yaml.safe_load(text)
+        name = key[len("best."):]
+        if name.startswith("model."):
+            model_overrides[name[len("model."):]] = value
+        elif name.startswith("train."):
+            train_overrides[name[len("train."):]] = value
+        elif name == "seq_len":
+            seq_len = int(value)
+    if not model_overrides and not train_overrides:
+        raise InputError(
+            f"--configs best: search run {run.info.run_id} ({model}, {dataset}, {pred_len}) has neither a "
+            f"{BEST_CONFIG_ARTIFACT} artifact nor best.* params; re-run the search or pass a configs FILE"
+        )
+    return ConfigEntry(model, dataset, pred_len, seq_len, None, model_overrides, train_overrides)

@@ -1,0 +1,55 @@
+"""Figures of a leaderboard: one PNG per dataset, test MSE by horizon, one line per model, error bars over seeds."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from results.leaderboard import Leaderboard
+
+
+def figure_path(directory: Path, dataset: str) -> Path:
+    """Where the figure of `dataset` goes: `<directory>/<dataset>_mse.png` (unsafe characters become `_`)."""
+    return Path(directory) / f"{re.sub(r'[^A-Za-z0-9._-]', '_', dataset)}_mse.png"
+
+
+def write_figures(board: Leaderboard, directory: Path) -> list[Path]:
+    """Write one PNG per dataset of `board` into `directory` (created if needed); the paths written.
+
+    Error bars are the sample std over seeds (none for a single seed); missing horizons leave gaps in a line.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for dataset in board.datasets():
+        horizons = board.horizons(dataset)
+        figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+        for label in board.labels():
+            entries = [board.get(dataset, horizon, label) for horizon in horizons]
+            points = [(horizon, entry) for horizon, entry in zip(horizons, entries) if entry is not None]
+            if not points:
+                continue
+            axes.errorbar(
+                [horizon for horizon, _ in points],
+                [entry.mse.mean for _, entry in points],
+                yerr=[entry.mse.std or 0.0 for _, entry in points],
+                marker="o", capsize=3, label=label,
+            )
+        axes.set_xscale("log", base=2)
+        axes.set_xticks(horizons, [str(horizon) for horizon in horizons])
+        axes.minorticks_off()
+        axes.set_xlabel("forecast horizon (pred_len)")
+        axes.set_ylabel("test MSE (mean ± std over seeds)")
+        axes.set_title(f"{dataset} (suite {board.suite})")
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        path = figure_path(directory, dataset)
+        figure.savefig(path)
+        plt.close(figure)
+        paths.append(path)
+    return paths

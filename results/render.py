@@ -1,0 +1,182 @@
+"""Renders a ForecastTable as a compilable LaTeX document (booktabs), GitHub Markdown or CSV.
+
+All three show the same numbers with DECIMALS decimals (relative differences with one decimal and a sign).
+Missing cells read "--" in LaTeX and Markdown and are empty in CSV.
+"""
+from __future__ import annotations
+
+import csv
+import io
+
+from benchmarks.errors import InputError
+from results.runs import model_label
+from results.table import DECIMALS, FIRST, METRICS, SECOND, Cell, ForecastTable, Reference
+
+FORMATS = ("latex", "markdown", "csv")
+MISSING = "--"
+FIRST_COUNT = "1st Count"
+# Wider tables than this many number columns are scaled to the text width in LaTeX.
+LATEX_SCALE_ABOVE = 10
+
+
+def number_text(cell: Cell, show_std: bool, plus_minus: str = "±") -> str | None:
+    """The cell as displayed, without marks; None when the cell is missing."""
+    if cell.mean is None:
+        return None
+    text = f"{cell.mean:.{DECIMALS}f}"
+    if show_std and cell.std is not None:
+        text += f"{plus_minus}{cell.std:.{DECIMALS}f}"
+    return text
+
+
+def paper_text(reference: Reference) -> str | None:
+    return None if reference.paper is None else f"{reference.paper:.{DECIMALS}f}"
+
+
+def difference_text(reference: Reference) -> str | None:
+    return None if reference.difference is None else f"{reference.difference:+.1f}%"
+
+
+def column_names(table: ForecastTable) -> list[str]:
+    """Flat column names: ours per model column, then per referenced column the paper's numbers and the difference."""
+    names = [f"{label} {metric.upper()}" for label in table.labels for metric in METRICS]
+    for label in table.reference_labels:
+        names += [f"{label} paper {metric.upper()}" for metric in METRICS]
+        names += [f"{label} vs paper {metric.upper()} %" for metric in METRICS]
+    return names
+
+
+def _row_values(table: ForecastTable, row, show_std: bool, plus_minus: str = "±") -> list[tuple[str | None, str]]:
+    """(text or None, mark) for every number column of one row, in column_names order."""
+    values = [
+        (number_text(row.cells[(label, metric)], show_std, plus_minus), row.cells[(label, metric)].mark)
+        for label in table.labels for metric in METRICS
+    ]
+    for label in table.reference_labels:
+        values += [(paper_text(row.references[(label, metric)]), "") for metric in METRICS]
+        values += [(difference_text(row.references[(label, metric)]), "") for metric in METRICS]
+    return values
+
+
+def _first_counts(table: ForecastTable) -> list[str]:
+    counts = [str(table.first_count[(label, metric)]) for label in table.labels for metric in METRICS]
+    return counts + [""] * (4 * len(table.reference_labels))
+
+
+def render_csv(table: ForecastTable, show_std: bool = False) -> str:
+    """One line per row (dataset, horizon, numbers as displayed) and a final 1st Count line."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["dataset", "horizon", *column_names(table)])
+    for row in table.rows:
+        writer.writerow([row.dataset, row.horizon, *(text or "" for text, _ in _row_values(table, row, show_std))])
+    writer.writerow([FIRST_COUNT, "", *_first_counts(table)])
+    return out.getvalue()
+
+
+def _markdown_cell(text: str | None, mark: str) -> str:
+    if text is None:
+        return MISSING
+    if mark == FIRST:
+        return f"**{text}**"
+    if mark == SECOND:
+        return f"<u>{text}</u>"
+    return text
+
+
+def render_markdown(table: ForecastTable, show_std: bool = False) -> str:
+    """A GitHub Markdown table: best **bold**, second <u>underlined</u>, missing cells "--"."""
+    header = ["Dataset", "Horizon", *column_names(table)]
+    lines = [
+        f"Long-term forecasting, suite `{table.suite}`: test MSE/MAE (lower is better); best **bold**, "
+        "second <u>underlined</u>.",
+        "",
+        "| " + " | ".join(name.replace("|", "\\|") for name in header) + " |",
+        "|" + "---|" * 2 + "---:|" * (len(header) - 2),
+    ]
+    for row in table.rows:
+        cells = [_markdown_cell(text, mark) for text, mark in _row_values(table, row, show_std)]
+        lines.append("| " + " | ".join([row.dataset, str(row.horizon), *cells]) + " |")
+    lines.append("| " + " | ".join([FIRST_COUNT, "", *_first_counts(table)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Text with LaTeX's special characters escaped (dataset names such as exchange_rate)."""
+    return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
+
+
+def _latex_cell(text: str | None, mark: str) -> str:
+    if text is None:
+        return MISSING
+    text = text.replace("%", r"\%")
+    if mark == FIRST:
+        return rf"\textbf{{{text}}}"
+    if mark == SECOND:
+        return rf"\underline{{{text}}}"
+    return text
+
+
+def render_latex(table: ForecastTable, show_std: bool = False) -> str:
+    """A complete pdflatex document holding the table (booktabs; datasets as multirow groups)."""
+    n_ours = 2 * len(table.labels)
+    n_numbers = n_ours + 4 * len(table.reference_labels)
+    lines = [
+        r"\documentclass{article}",
+        r"\usepackage[margin=1.5cm]{geometry}",
+        r"\usepackage{booktabs}",
+        r"\usepackage{graphicx}",
+        r"% multirow ships with texlive-latex-extra; without it each dataset name stands in its group's first row.",
+        r"\IfFileExists{multirow.sty}{\usepackage{multirow}}{\newcommand{\multirow}[3]{##3}}",
+        r"\begin{document}",
+        r"\begin{table}[ht]",
+        r"\centering",
+        r"\caption{Long-term forecasting, suite \texttt{" + latex_escape(table.suite) + "}: test MSE and MAE"
+        + (r" (mean $\pm$ sample std over seeds)" if show_std else " (mean over seeds)")
+        + r". Lower is better; best in \textbf{bold}, second \underline{underlined}.}",
+    ]
+    if n_numbers > LATEX_SCALE_ABOVE:
+        lines.append(r"\resizebox{\textwidth}{!}{%")
+    lines.append(r"\begin{tabular}{ll" + "c" * n_numbers + "}")
+    lines.append(r"\toprule")
+    if table.reference_labels:
+        lines.append(
+            rf"& & \multicolumn{{{n_ours}}}{{c}}{{Ours}} & "
+            rf"\multicolumn{{{n_numbers - n_ours}}}{{c}}{{Published (MixMamba paper) and ours vs published}} \\"
+        )
+        lines.append(rf"\cmidrule(lr){{3-{2 + n_ours}}} \cmidrule(lr){{{3 + n_ours}-{2 + n_numbers}}}")
+    groups = [latex_escape(label) for label in table.labels]
+    for label in table.reference_labels:
+        paper_name = model_label(table.models[label])
+        groups += [latex_escape(paper_name) + " (paper)", latex_escape(label) + r" vs paper (\%)"]
+    headers = [rf"\multicolumn{{2}}{{c}}{{{group}}}" for group in groups]
+    lines.append(r"\multicolumn{2}{c}{Models} & " + " & ".join(headers) + r" \\")
+    lines.append(" ".join(rf"\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(groups))))
+    lines.append(r"\multicolumn{2}{c}{Metric} & " + " & ".join(["MSE & MAE"] * len(groups)) + r" \\")
+    for dataset in dict.fromkeys(row.dataset for row in table.rows):
+        group = [row for row in table.rows if row.dataset == dataset]
+        lines.append(r"\midrule")
+        for index, row in enumerate(group):
+            name = rf"\multirow{{{len(group)}}}{{*}}{{{latex_escape(dataset)}}}" if index == 0 else ""
+            cells = [_latex_cell(text, mark) for text, mark in _row_values(table, row, show_std, r"$\pm$")]
+            lines.append(" & ".join([name, str(row.horizon), *cells]) + r" \\")
+    lines.append(r"\midrule")
+    lines.append(rf"\multicolumn{{2}}{{c}}{{{FIRST_COUNT}}} & " + " & ".join(_first_counts(table)) + r" \\")
+    lines.append(r"\bottomrule")
+    lines.append(r"\end{tabular}" + ("}" if n_numbers > LATEX_SCALE_ABOVE else ""))
+    lines += [r"\end{table}", r"\end{document}"]
+    return "\n".join(lines) + "\n"
+
+
+def render(table: ForecastTable, format: str, show_std: bool = False) -> str:
+    """The table in one of FORMATS."""
+    renderers = {"latex": render_latex, "markdown": render_markdown, "csv": render_csv}
+    if format not in renderers:
+        raise InputError(f"unknown table format '{format}'; --format must be one of: {', '.join(FORMATS)}")
+    return renderers[format](table, show_std)

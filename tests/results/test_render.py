@@ -1,0 +1,76 @@
+"""LaTeX, Markdown and CSV renderings of hand-made tables: missing cells, marks, std, escaping, compilation."""
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+
+import pytest
+
+from benchmarks.errors import InputError
+from results.leaderboard import build_leaderboard
+from results.render import render, render_csv, render_latex, render_markdown
+from results.runs import BenchmarkRecord, model_label
+from results.table import build_table
+
+
+def record(model, pred_len, mse, mae, seed=0, dataset="exchange_rate", label=None) -> BenchmarkRecord:
+    return BenchmarkRecord(dataset=dataset, model=model, label=label or model_label(model), pred_len=pred_len,
+                           seed=seed, config_hash="c", best_val_loss=1.0, test_mse=mse, test_mae=mae)
+
+
+@pytest.fixture
+def partial_table():
+    """exchange_rate: MixMamba (searched) misses 192; ETTh1: DLinear alone, two seeds."""
+    records = [
+        record("dlinear", 96, 0.1, 0.2), record("dlinear", 192, 0.3, 0.4),
+        record("mixmamba", 96, 0.05, 0.25, label="MixMamba (searched)"),
+        record("dlinear", 96, 0.40, 0.30, seed=0, dataset="ETTh1"),
+        record("dlinear", 96, 0.44, 0.34, seed=1, dataset="ETTh1"),
+    ]
+    return build_table(build_leaderboard(records, suite="nightly_v2"), reference="paper")
+
+
+def test_markdown_marks_missing_cells_and_first_count(partial_table):
+    lines = render_markdown(partial_table).splitlines()
+    assert lines[2] == ("| Dataset | Horizon | MixMamba (searched) MSE | MixMamba (searched) MAE | DLinear MSE | "
+                        "DLinear MAE | MixMamba (searched) paper MSE | MixMamba (searched) paper MAE | "
+                        "MixMamba (searched) vs paper MSE % | MixMamba (searched) vs paper MAE % | DLinear paper MSE | "
+                        "DLinear paper MAE | DLinear vs paper MSE % | DLinear vs paper MAE % |")
+    assert lines[4] == ("| ETTh1 | 96 | -- | -- | **0.420** | **0.320** | 0.374 | 0.389 | -- | -- | 0.386 | 0.400 | "
+                        "+8.8% | -20.0% |")
+    assert lines[6].startswith("| exchange_rate | 96 | **0.050** | <u>0.250</u> | <u>0.100</u> | **0.200** | 0.084 |")
+    assert lines[7].startswith("| exchange_rate | 192 | -- | -- | **0.300** | **0.400** | 0.174 | 0.295 | -- | -- |")
+    assert lines[-1] == "| 1st Count |  | 1 | 0 | 4 | 5 |  |  |  |  |  |  |  |  |"
+
+
+def test_csv_leaves_missing_cells_empty_and_shows_std(partial_table):
+    rows = list(csv.DictReader(io.StringIO(render_csv(partial_table, show_std=True))))
+    etth1 = rows[0]
+    assert etth1["DLinear MSE"] == f"0.420±{0.028284271:.3f}"
+    assert etth1["MixMamba (searched) MSE"] == "" and etth1["MixMamba (searched) vs paper MSE %"] == ""
+    assert rows[-1]["dataset"] == "1st Count" and rows[-1]["DLinear MAE"] == "5"
+
+
+def test_latex_escapes_names_and_uses_multirow_groups(partial_table):
+    latex = render_latex(partial_table, show_std=True)
+    assert r"\multirow{3}{*}{exchange\_rate}" in latex and r"\multirow{2}{*}{ETTh1}" in latex
+    assert r"suite \texttt{nightly\_v2}" in latex
+    assert r"\textbf{0.420$\pm$0.028}" in latex and r"\underline{0.250}" in latex
+    assert r"+8.8\%" in latex and r"\toprule" in latex and r"\bottomrule" in latex
+    assert r"\multicolumn{2}{c}{MixMamba (paper)}" in latex  # published numbers are the registry model's
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (CI installs it)")
+def test_latex_with_missing_cells_compiles(partial_table, tmp_path):
+    (tmp_path / "table.tex").write_text(render_latex(partial_table, show_std=True))
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "table.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "table.pdf").stat().st_size > 1000
+
+
+def test_unknown_format_is_an_input_error(partial_table):
+    with pytest.raises(InputError, match="--format must be one of: latex, markdown, csv"):
+        render(partial_table, "html")

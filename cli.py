@@ -17,6 +17,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run the benchmark grid (datasets x models x horizons x seeds) as Ray tasks, logged to MLflow.",
         "mixbench benchmark --datasets weather,ETTh1 --seeds 3 --suite paper",
     ),
+    "jobs": (
+        "cluster.commands:jobs",
+        "List, follow and stop the jobs on a Ray cluster.",
+        "mixbench jobs logs raysubmit_XXXX --follow --address http://HEAD:8265",
+    ),
     "leaderboard": (
         "results.commands:leaderboard",
         "Test MSE/MAE per dataset, horizon and model: mean +- std over seeds, config chosen by validation loss.",
@@ -31,6 +36,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "benchmarks.train_command:ui",
         "Open the MLflow UI on the tracking store (127.0.0.1 by default).",
         "mixbench ui --port 5000",
+    ),
+    "submit": (
+        "cluster.commands:submit",
+        "Run a mixbench command (e.g. a search) on a Ray cluster as a Ray job.",
+        "mixbench submit --address http://HEAD:8265 --tracking-uri http://HEAD:5000 --wait -- search --dataset weather",
     ),
     "table": (
         "results.commands:table",
@@ -87,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     _debug = "--debug" in args or os.environ.get("MIXBENCH_DEBUG") == "1"
     try:
-        cli.main(args=args, prog_name="mixbench", standalone_mode=False)
+        code = cli.main(args=args, prog_name="mixbench", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
@@ -101,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
+    if isinstance(code, int):
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,190 @@
+"""The ST-MoE top-k router exactly as the official MixMamba runs it (layers/st_moe.py, TopNGating).
+
+It turns tokens into dispatch / combine tensors over fixed-capacity expert slots, the balance and z auxiliary losses,
+and per-expert usage statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EPS = 1e-9  # the official gate eps: clamps the renormalisation denominator
+
+
+@dataclass
+class RoutingStats:
+    """How one forward pass used the experts; tensors are detached and stay on the model's device (no host sync).
+
+    expert_share: (E,) share of the kept token->expert assignments that each expert processed (sums to 1).
+    first_choice_share: (E,) share of tokens whose top-1 choice is each expert (what the balance loss equalises).
+    dropped_token_rate: () share of tokens that no expert processed (their MoE output is exactly 0).
+    dropped_assignment_rate: () share of requested assignments (first choices plus the later choices that won their
+        coin flip) dropped because the expert's capacity was full.
+    capacity: slots per expert per group in this pass.
+    """
+
+    expert_share: torch.Tensor
+    first_choice_share: torch.Tensor
+    dropped_token_rate: torch.Tensor
+    dropped_assignment_rate: torch.Tensor
+    capacity: int
+
+
+@dataclass
+class Routing:
+    """The router's output for tokens (G groups, n tokens, d) and E experts of `capacity` slots each.
+
+    dispatch: (G, n, E, capacity) 1 where a token fills a slot; carries combine's gradient (straight-through).
+    combine: (G, n, E, capacity) the token's renormalised gate at the slot it fills, else 0.
+    balance_loss, z_loss: () unweighted; zero in eval mode (as the official code).
+    aux_loss: () balance_loss_coef * balance_loss + z_loss_coef * z_loss.
+    """
+
+    dispatch: torch.Tensor
+    combine: torch.Tensor
+    balance_loss: torch.Tensor
+    z_loss: torch.Tensor
+    aux_loss: torch.Tensor
+    stats: RoutingStats
+
+
+class TopKRouter(nn.Module):
+    """ST-MoE top-k gating over groups of tokens (a group = one channel's patch sequence in MixMamba).
+
+    Per token: logits = W x (no bias); optional Gumbel noise (noise * -log(-log(uniform)), off in the official
+    forward); softmax; top-k; the k gates renormalised to sum to 1. The first choice is always requested, the i-th
+    (i >= 2) with probability min(1, gate_i / threshold). Each expert has capacity
+    c = max(min(n, int(n * capacity_factor / E)), min_capacity) slots per group (factor 1.25 train / 2.0 eval);
+    slots are filled in sequence order, first choices before second choices, and requests beyond c are dropped.
+    A kept assignment's combine weight is its renormalised gate (the gates are not renormalised again when a later
+    choice is skipped or dropped).
+    Losses, in training only: balance = mean over groups and experts of (mean gate prob x fraction of tokens whose
+    first choice is the expert) x E^2; z = mean(logsumexp(logits)^2).
+
+    Random draws come from `route_draws` / `noise_draws` when given (tests), else from `self.generator` (None:
+    torch's global generator; on a GPU it must be a generator of that device). The coin flips happen in eval mode
+    too, as in the official code, so eval forecasts are reproducible only with a seeded generator.
+
+    official_slot_offsets: see MixMambaConfig; True reproduces the official slot arithmetic.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_experts: int,
+        top_k: int = 2,
+        threshold: float = 0.2,
+        capacity_factor_train: float = 1.25,
+        capacity_factor_eval: float = 2.0,
+        min_capacity: int = 8,
+        noise: float = 0.0,
+        balance_loss_coef: float = 1e-2,
+        z_loss_coef: float = 1e-3,
+        official_slot_offsets: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.threshold = threshold
+        self.capacity_factor_train = capacity_factor_train
+        self.capacity_factor_eval = capacity_factor_eval
+        self.min_capacity = min_capacity
+        self.noise = noise
+        self.balance_loss_coef = balance_loss_coef
+        self.z_loss_coef = z_loss_coef
+        self.official_slot_offsets = official_slot_offsets
+        self.generator: torch.Generator | None = None
+        self.gate = nn.Linear(d_model, num_experts, bias=False)
+
+    def capacity(self, group_size: int) -> int:
+        """Slots per expert per group of `group_size` tokens in the current mode (train / eval)."""
+        factor = self.capacity_factor_train if self.training else self.capacity_factor_eval
+        return max(min(group_size, int(group_size * factor / self.num_experts)), self.min_capacity)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        route_draws: torch.Tensor | None = None,
+        noise_draws: torch.Tensor | None = None,
+    ) -> Routing:
+        """x (G, n, d). route_draws (top_k - 1, G, n) uniform [0, 1): the coin flips of choices 2..k;
+        noise_draws (G, n, E) uniform (0, 1): the Gumbel noise source (used only when noise > 0)."""
+        groups, group_size, _ = x.shape
+        num_experts, top_k = self.num_experts, self.top_k
+        capacity = self.capacity(group_size)
+
+        logits = self.gate(x)  # (G, n, E)
+        noisy_logits = logits
+        if self.noise > 0:
+            if noise_draws is None:
+                noise_draws = torch.rand(logits.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+            gumbel = -torch.log((-torch.log(noise_draws.clamp(min=1e-20))).clamp(min=1e-20))
+            noisy_logits = logits + self.noise * gumbel
+        raw_gates = noisy_logits.softmax(dim=-1)  # (G, n, E)
+
+        top_gates, top_experts = raw_gates.topk(top_k, dim=-1)  # (G, n, k)
+        top_gates = top_gates / top_gates.sum(dim=-1, keepdim=True).clamp(min=EPS)
+        top_gates = top_gates.permute(2, 0, 1)  # (k, G, n)
+        choice = F.one_hot(top_experts.permute(2, 0, 1), num_experts).to(x.dtype)  # (k, G, n, E)
+
+        if route_draws is None:
+            route_draws = torch.rand(
+                (top_k - 1, groups, group_size), generator=self.generator, device=x.device, dtype=x.dtype
+            )
+        later_requested = route_draws < top_gates[1:] / self.threshold  # (k-1, G, n)
+        requested = torch.cat([torch.ones_like(later_requested[:1]), later_requested])  # (k, G, n)
+        requests = choice * requested[..., None].to(x.dtype)  # (k, G, n, E)
+
+        # Slot of each request = earlier requests for the same expert in the group at the same choice, plus the
+        # requests kept at the previous choice(s): first choices fill slots 0.., then second choices, ...
+        earlier = requests.cumsum(dim=2) - requests  # (k, G, n, E) exclusive cumsum along the sequence
+        offset = requests.new_zeros(groups, 1, num_experts)
+        kept, slots = [], []
+        for i in range(top_k):
+            slot = (earlier[i] + offset) * requests[i]  # (G, n, E)
+            keep = requests[i] * (slot < capacity).to(x.dtype)  # (G, n, E)
+            kept_count = keep.sum(dim=1, keepdim=True)  # (G, 1, E)
+            offset = kept_count if self.official_slot_offsets else offset + kept_count
+            kept.append(keep)
+            slots.append(slot.sum(dim=-1))  # (G, n): a request has one expert
+        kept = torch.stack(kept)  # (k, G, n, E)
+        slot_one_hot = (torch.stack(slots)[..., None] == torch.arange(capacity, device=x.device)).to(x.dtype)
+
+        # (k, G, n, E, c) summed over k -> (G, n, E, c)
+        combine = (top_gates[..., None, None] * kept[..., None] * slot_one_hot[..., None, :]).sum(dim=0)
+        dispatch = combine.bool().to(x.dtype)
+        # Straight-through: the gate gets dispatch's gradient; the bracket keeps the forward value exactly 0 / 1.
+        dispatch = dispatch + (combine - combine.detach())
+
+        if self.training:
+            first_choice_density = choice[0].mean(dim=1)  # (G, E)
+            gate_density = raw_gates.mean(dim=1)  # (G, E)
+            balance_loss = (gate_density * first_choice_density).mean() * float(num_experts**2)
+            z_loss = torch.logsumexp(logits, dim=-1).square().mean()
+        else:
+            balance_loss = logits.new_zeros(())
+            z_loss = logits.new_zeros(())
+        aux_loss = self.balance_loss_coef * balance_loss + self.z_loss_coef * z_loss
+
+        with torch.no_grad():
+            kept_per_expert = kept.sum(dim=(0, 1, 2))  # (E,)
+            kept_total = kept_per_expert.sum()
+            requested_total = requests.sum()
+            stats = RoutingStats(
+                expert_share=kept_per_expert / kept_total.clamp(min=1.0),
+                first_choice_share=choice[0].mean(dim=(0, 1)),
+                dropped_token_rate=(kept.sum(dim=(0, 3)) == 0).to(x.dtype).mean(),
+                dropped_assignment_rate=(requested_total - kept_total) / requested_total,
+                capacity=capacity,
+            )
+        return Routing(dispatch, combine, balance_loss, z_loss, aux_loss, stats)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_experts={self.num_experts}, top_k={self.top_k}, threshold={self.threshold}, "
+            f"capacity_factor=({self.capacity_factor_train}, {self.capacity_factor_eval}), "
+            f"min_capacity={self.min_capacity}, noise={self.noise}, official_slot_offsets={self.official_slot_offsets}"
+        )

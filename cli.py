@@ -37,6 +37,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Open the MLflow UI on the tracking store (127.0.0.1 by default).",
         "mixbench ui --port 5000",
     ),
+    "search": (
+        "search.command:search",
+        "Search a model's hyperparameters: Optuna proposes, Ray Tune runs, ASHA stops early, MLflow records.",
+        "mixbench search --dataset weather",
+    ),
     "submit": (
         "cluster.commands:submit",
         "Run a mixbench command (e.g. a search) on a Ray cluster as a Ray job.",

@@ -1,0 +1,96 @@
+"""The live view of a search: one compact status line, refreshed as Ray Tune results arrive (replaces Tune's tables).
+
+On a terminal the line is rewritten in place; otherwise (logs, CI) a new line is printed whenever a count or the best
+changes, so the output stays short.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from ray.tune import Callback
+
+from search.trial import SEARCH_METRIC
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+# A terminal line is redrawn at most this often unless a count or the best changes.
+REFRESH_S = 1.0
+
+
+def trial_state(trial: Trial) -> str:
+    """pending, running, finished (trained and tested), stopped (early, by ASHA or the time budget) or failed."""
+    if trial.status == "ERROR":
+        return "failed"
+    if trial.status == "TERMINATED":
+        return "finished" if "test_mse" in (trial.last_result or {}) else "stopped"
+    return "running" if trial.status == "RUNNING" else "pending"
+
+
+def format_duration(seconds: float) -> str:
+    """`m:ss`, or `h:mm:ss` from one hour."""
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressLine(Callback):
+    """Prints `search NAME | 2 running, 3 finished, 1 stopped, 0 failed, 2 to go | best 0.4123 (trial ...) | 2:13/10:00`."""
+
+    def __init__(self, name: str, num_trials: int, time_budget_s: float | None) -> None:
+        self.name = name
+        self.num_trials = num_trials
+        self.time_budget_s = time_budget_s
+        self.start = time.monotonic()
+        self.last_key: tuple[Any, ...] | None = None
+        self.last_draw = -math.inf
+
+    def setup(self, **info: Any) -> None:
+        # Tune pickles callbacks with the experiment and restores them on --resume: restart the clock here.
+        self.start = time.monotonic()
+        self.last_key = None
+        self.last_draw = -math.inf
+
+    def line(self, trials: list[Trial]) -> tuple[str, tuple[Any, ...]]:
+        """The status text and the part of it whose change forces a redraw (counts and best, not the clock)."""
+        counts = dict.fromkeys(("running", "finished", "stopped", "failed"), 0)
+        best: tuple[float, str] | None = None
+        for trial in trials:
+            state = trial_state(trial)
+            if state in counts:
+                counts[state] += 1
+            value = (trial.last_result or {}).get(SEARCH_METRIC)
+            if value is not None and math.isfinite(value) and (best is None or value < best[0]):
+                best = (value, trial.trial_id)
+        to_go = max(self.num_trials - counts["finished"] - counts["stopped"] - counts["failed"] - counts["running"], 0)
+        parts = [f"search {self.name}", ", ".join([f"{n} {state}" for state, n in counts.items()] + [f"{to_go} to go"])]
+        parts.append(f"best {SEARCH_METRIC} {best[0]:.4f} (trial {best[1]})" if best else "best -")
+        elapsed = format_duration(time.monotonic() - self.start)
+        parts.append(f"{elapsed}/{format_duration(self.time_budget_s)}" if self.time_budget_s else elapsed)
+        return " | ".join(parts), (tuple(counts.values()), to_go, best)
+
+    def draw(self, trials: list[Trial]) -> None:
+        text, key = self.line(trials)
+        now = time.monotonic()
+        changed = key != self.last_key
+        if sys.stdout.isatty():
+            if changed or now - self.last_draw >= REFRESH_S:
+                sys.stdout.write("\r\033[K" + text)
+                sys.stdout.flush()
+                self.last_draw = now
+        elif changed:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        self.last_key = key
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        self.draw(trials)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        # No last draw: after Ctrl+C Tune has already stopped the trials it will resume, which would read "stopped".
+        if sys.stdout.isatty():
+            sys.stdout.write("\n")
+            sys.stdout.flush()

@@ -1,0 +1,160 @@
+"""What a finished search found: its trials ranked by the search metric, the table of the top ones, the best config
+as a YAML file the benchmark command loads (`--configs FILE`), and the Optuna study rebuilt from the trials for plots.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from benchmarks.models import PROTOCOL_FIELDS
+from search.progress import trial_state
+from search.space import ProposedConfig, SearchSpace
+from search.trial import SEARCH_METRIC
+
+if TYPE_CHECKING:
+    import optuna
+    from ray.tune.experiment import Trial
+
+    from search.trial import ResolvedTrial
+
+BEST_CONFIG_FILE = "best_config.yaml"
+PLOT_FILES = ("optimization_history.png", "param_importances.png")
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """One trial as the search ended it: its number (1 = proposed first), state (finished/stopped/failed/...),
+    proposal and last reported metrics.
+    """
+
+    number: int
+    trial_id: str
+    state: str
+    proposed: ProposedConfig
+    metrics: dict[str, Any]
+
+    @property
+    def value(self) -> float | None:
+        """The search metric (best validation loss so far), or None if the trial never reported a finite one."""
+        value = self.metrics.get(SEARCH_METRIC)
+        return float(value) if value is not None and math.isfinite(value) else None
+
+
+def summarize(trials: list[Trial], space: SearchSpace) -> list[TrialSummary]:
+    """Every trial in the order the searcher proposed them."""
+    summaries = [TrialSummary(trial_number(trial), trial.trial_id, trial_state(trial), space.decode(trial.config),
+                              dict(trial.last_result or {})) for trial in trials]
+    return sorted(summaries, key=lambda summary: summary.number)
+
+
+def trial_number(trial: Trial) -> int:
+    """1 for the first proposed trial, 2 for the next ...: Tune's experiment tag starts with its trial counter
+    (the ids are random, and a resumed experiment lists its trials by their last result).
+    """
+    return int(trial.experiment_tag.split("_", 1)[0])
+
+
+def ranked(summaries: list[TrialSummary]) -> list[TrialSummary]:
+    """Trials with a search-metric value, best (lowest) first."""
+    return sorted((s for s in summaries if s.value is not None), key=lambda s: s.value)  # type: ignore[arg-type, return-value]
+
+
+def top_table(summaries: list[TrialSummary], limit: int = 10) -> str:
+    """A fixed-width table of the best `limit` trials: metrics, then the proposed settings."""
+    rows = ranked(summaries)[:limit]
+    header = f"{'rank':>4}  {'trial':<12} {'state':<9} {'epochs':>6} {SEARCH_METRIC:>13} {'test_mse':>9} {'test_mae':>9}  config"
+    lines = [header]
+    for rank, summary in enumerate(rows, start=1):
+        metrics = summary.metrics
+        test = [f"{metrics[name]:9.4f}" if name in metrics else f"{'-':>9}" for name in ("test_mse", "test_mae")]
+        config = " ".join(f"{key.split('.')[-1]}={_short(value)}" for key, value in summary.proposed.flat().items())
+        lines.append(f"{rank:>4}  {summary.trial_id:<12} {summary.state:<9} {int(metrics.get('epoch', 0)):>6} "
+                     f"{summary.value:13.4f} {test[0]} {test[1]}  {config}")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def best_config(model: str, dataset: str, pred_len: int, best: TrialSummary, resolved: ResolvedTrial) -> dict[str, Any]:
+    """The best trial as a `--configs` entry: the full resolved model config and the searched training settings.
+
+    Epochs and batch limits are the search's budget, not part of the config, so they are left to the benchmark.
+    """
+    model_overrides = {key: value for key, value in resolved.model_config.items() if key not in PROTOCOL_FIELDS}
+    return {"model": model, "dataset": dataset, "pred_len": pred_len, "seq_len": resolved.spec.seq_len,
+            "model_overrides": model_overrides, "train_overrides": dict(best.proposed.train)}
+
+
+def write_best_config(path: Path, entry: dict[str, Any], comment: str) -> Path:
+    """Write `entry` as YAML under a `# comment` header line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {comment}\n" + yaml.safe_dump(entry, sort_keys=False))
+    return path
+
+
+def rebuild_study(summaries: list[TrialSummary], space: SearchSpace) -> optuna.Study:
+    """An in-memory Optuna study holding the finished trials (complete with their value, or failed), in order."""
+    import optuna
+
+    distributions = space.outer_distributions()
+    study = optuna.create_study(direction="minimize", study_name="search")
+    for summary in summaries:
+        if summary.state not in ("finished", "stopped", "failed"):
+            continue
+        params, used = {}, {}
+        for key, value in summary.proposed.flat().items():
+            distribution = distributions.get(key)
+            # Fixed settings, and a conditional one holding its `otherwise`, are not search dimensions.
+            if distribution is not None and _contains(distribution, value):
+                params[key], used[key] = value, distribution
+        complete = summary.value is not None and summary.state != "failed"
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=used, value=summary.value if complete else None,
+            state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.FAIL,
+            user_attrs={"trial_id": summary.trial_id, "state": summary.state}))
+    return study
+
+
+def _contains(distribution: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    try:
+        return distribution._contains(distribution.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
+
+
+def write_plots(study: optuna.Study, directory: Path) -> tuple[list[Path], list[str]]:
+    """The optimisation history and parameter importances as PNGs; (written paths, why any plot was skipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], []
+    complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    makers = {PLOT_FILES[0]: optuna_plots.plot_optimization_history, PLOT_FILES[1]: optuna_plots.plot_param_importances}
+    for name, make in makers.items():
+        needed = 1 if name == PLOT_FILES[0] else 2
+        if len(complete) < needed:
+            skipped.append(f"{name}: needs {needed} completed trials, has {len(complete)}")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+            axes = make(study)
+        figure = axes.figure
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        path = directory / name
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written, skipped

@@ -207,7 +207,7 @@ def start_run(tracking: TrackingConfig, spec: ExperimentSpec, model_config: Mapp
     uri = resolve_tracking_uri(tracking.uri)
     check_tracking_uri(uri)
     client = _client(uri)
-    experiment_id = experiment_id(client, tracking.experiment, uri)
+    experiment_id = get_or_create_experiment(client, tracking.experiment, uri)
     run_name = tracking.run_name or f"{spec.model}-{spec.dataset}-{spec.pred_len}-s{spec.seed}"
     tags = run_tags(spec, model_config, train_config, tracking)
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
@@ -237,7 +237,7 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """The id of experiment `name`, created if missing; a SQLite store keeps artifacts beside its database file."""
     from mlflow.exceptions import MlflowException
 

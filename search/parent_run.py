@@ -44,11 +44,11 @@ class ParentRun:
         from mlflow import MlflowClient
 
         # The same experiment lookup/creation as every other run (artifacts beside a SQLite store's file).
-        from benchmarks.tracking import experiment_id as find_experiment_id
+        from benchmarks.tracking import get_or_create_experiment
 
         uri = resolve_tracking_uri(uri)
         client = MlflowClient(tracking_uri=uri)
-        experiment_id = find_experiment_id(client, experiment, uri)
+        experiment_id = get_or_create_experiment(client, experiment, uri)
         tags = {"mixbench.kind": "search", "dataset": dataset, "model": model, "pred_len": str(pred_len),
                 "seq_len": "searched" if seq_len is None else str(seq_len),
                 "protocol": protocol_tag(FEATURES, seq_len), "seed": str(seed), "search_name": name}

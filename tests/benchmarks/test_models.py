@@ -132,7 +132,7 @@ def test_itransformer_and_dlinear_recipes():
 def test_mixmamba_recipes_train_with_mae_and_adamw_as_the_official_code():
     etth1 = recipe("mixmamba", "ETTh1", 192)
     assert etth1.train == {"epochs": 10, "batch_size": 32, "learning_rate": 0.001, "patience": 3, "lradj": "type1",
-                           "loss": "mae", "optimizer": "adamw"}
+                           "loss": "mae", "optimizer": "adamw", "weight_decay": 0.01}
     assert etth1.model["d_model"] == 64 and etth1.model["num_experts"] == 2
     exchange = recipe("mixmamba", "exchange_rate", 96)
     assert (exchange.model["top_k"], exchange.train["patience"]) == (5, 10)

@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.UsageError as error:
+        # One line like InputError: click's own form adds a usage block around the message.
+        if _debug:
+            raise
+        command = error.ctx.command_path if error.ctx is not None else "mixbench"
+        click.echo(f"error: {error.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(error.exit_code)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)

@@ -120,6 +120,10 @@ def download_file(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) 
     kept = False
     try:
         _log.info("downloading %s from %s", spec.path, HF_REPO_URL)
+        # huggingface_hub logs a warning per retry of an unreachable hub; the InputError below says it once.
+        hub_log = logging.getLogger("huggingface_hub")
+        hub_level = hub_log.level
+        hub_log.setLevel(logging.ERROR)
         try:
             downloaded = Path(hf_hub_download(repo_id=HF_REPO_ID, filename=spec.path, repo_type="dataset",
                                               local_dir=staging))
@@ -127,6 +131,8 @@ def download_file(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) 
             reason = " ".join(str(error).split())[:200]
             raise InputError(f"downloading {spec.path} from {HF_REPO_URL} to {destination} failed "
                              f"({type(error).__name__}: {reason}); {placement}") from None
+        finally:
+            hub_log.setLevel(hub_level)
         sha256 = _hash_contents(downloaded)
         if spec.sha256 is not None and sha256 != spec.sha256:
             raise InputError(f"the downloaded {spec.path} has sha256 {sha256} but {spec.name} should have "

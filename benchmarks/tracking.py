@@ -5,6 +5,7 @@ Two ways in, with identical content: `start_run` logs live while training runs (
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
@@ -66,6 +67,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
         path = chosen[len("sqlite:///"):]
         return chosen if path.startswith("/") else f"sqlite:///{Path(path).resolve()}"
     if "://" in chosen or chosen.startswith(("databricks", "file:")):
+        if "@" in urllib.parse.urlsplit(chosen).netloc:
+            # MLflow prints "View run at <uri>" on every run end, credentials included; keep them off the console.
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         return chosen
     path = Path(chosen).expanduser().resolve()
     return f"sqlite:///{path}" if path.suffix == ".db" else path.as_uri()
@@ -232,9 +236,15 @@ def log_experiment(result: ExperimentResult, tracking: TrackingConfig) -> str:
 def _client(uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    database = Path(uri[len("sqlite:///"):])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    # A client creates and migrates a SQLite store's tables; two processes doing it at once (two `mixbench train`
+    # in one folder) fail with "duplicate column" errors, so clients of one store are made one at a time.
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return MlflowClient(tracking_uri=uri)
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:

@@ -114,7 +114,7 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            resume_state = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=True)
+            resume_state = load_checkpoint(Path(directory))
     trial_id = tune.get_context().get_trial_id()
     live = None
     if setup.tracking is not None:
@@ -134,6 +134,13 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     if live is not None:
         live.finish(final, result.artifact_dir)
     tune.report({**result.history[-1], SEARCH_METRIC: result.best_val_loss, **final})
+
+
+def load_checkpoint(directory: Path) -> dict[str, Any]:
+    """The engine state a trial checkpoint holds; weights_only, so a crafted pickle in it cannot run code."""
+    import torch
+
+    return torch.load(directory / CHECKPOINT_FILE, weights_only=True)
 
 
 class EpochReporter:

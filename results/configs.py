@@ -88,7 +88,8 @@ def load_config_file(path: Path) -> list[ConfigEntry]:
 
 
 def best_search_configs(tracking_uri: str, experiment: str, cells: list[tuple[str, str, int]]) -> list[ConfigEntry]:
-    """The best config of the latest finished search (parent run, kind=search) for each (dataset, model, pred_len).
+    """The best config of the latest finished search (parent run, kind=search) for each (dataset, model, pred_len),
+    labelled "<Model> (searched)" so tables show it beside the recipe's config.
 
     Raises InputError naming the first cell that no finished search covers.
     """
@@ -124,7 +125,8 @@ def _entry_from_search(client: MlflowClient, run: Run, dataset: str, model: str,
         with tempfile.TemporaryDirectory() as directory:
             local = client.download_artifacts(run.info.run_id, BEST_CONFIG_ARTIFACT, directory)
             entry = parse_entry(yaml.safe_load(Path(local).read_text()), f"search run {run.info.run_id} best config")
-        return ConfigEntry(model, dataset, pred_len, entry.seq_len, None, entry.model_overrides, entry.train_overrides)
+        return ConfigEntry(model, dataset, pred_len, entry.seq_len, _searched_label(model), entry.model_overrides,
+                           entry.train_overrides)
     model_overrides, train_overrides, seq_len = {}, {}, None
     for key, text in run.data.params.items():
         if not key.startswith("best."):
@@ -142,4 +144,11 @@ def _entry_from_search(client: MlflowClient, run: Run, dataset: str, model: str,
             f"--configs best: search run {run.info.run_id} ({model}, {dataset}, {pred_len}) has neither a "
             f"{BEST_CONFIG_ARTIFACT} artifact nor best.* params; re-run the search or pass a configs FILE"
         )
-    return ConfigEntry(model, dataset, pred_len, seq_len, None, model_overrides, train_overrides)
+    return ConfigEntry(model, dataset, pred_len, seq_len, _searched_label(model), model_overrides, train_overrides)
+
+
+def _searched_label(model: str) -> str:
+    """The table column of a searched config, kept apart from the recipe's ("MixMamba (searched)")."""
+    from results.runs import model_label
+
+    return f"{model_label(model)} (searched)"

@@ -328,6 +328,7 @@ def test_best_configs_come_from_the_latest_finished_search(store, tmp_path):
     assert entries[96].model_overrides == {"d_model": 16, "n_heads": 2}
     assert entries[96].train_overrides == {"learning_rate": 0.001}
     assert entries[192].model_overrides == {"d_model": 32} and entries[192].train_overrides == {"learning_rate": 0.0005}
+    assert {entry.display_name for entry in entries.values()} == {"PatchTST (searched)"}
     with pytest.raises(InputError, match="no finished search for patchtst on ETTh1 at pred_len 336"):
         config_entries(BenchmarkConfig(datasets=["ETTh1"], models=["patchtst"], horizons=[336], configs="best",
                                        experiment="searches"), store["uri"])

@@ -17,6 +17,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Run the benchmark grid (datasets x models x horizons x seeds) as Ray tasks, logged to MLflow.",
         "mixbench benchmark --datasets weather,ETTh1 --seeds 3 --suite paper",
     ),
+    "export": (
+        "results.commands:export",
+        "Write a suite's runs (and the searches behind them) as one CSV that rebuilds its tables without MLflow.",
+        "mixbench export --suite paper --output results/paper/runs.csv",
+    ),
     "jobs": (
         "cluster.commands:jobs",
         "List, follow and stop the jobs on a Ray cluster.",

@@ -26,13 +26,18 @@ def _integers(text: str, option: str) -> list[int]:
         raise InputError(f"{option} {text!r} must be comma-separated integers, e.g. {option} 96,192,336,720") from None
 
 
+def _output_path(output: str) -> Path:
+    path = Path(output)
+    if not path.parent.is_dir():
+        raise InputError(f"--output {output}: folder {path.parent} does not exist; create it or pick another path")
+    return path
+
+
 def _write(text: str, output: str | None) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
-    path = Path(output)
-    if not path.parent.is_dir():
-        raise InputError(f"--output {output}: folder {path.parent} does not exist; create it or pick another path")
+    path = _output_path(output)
     path.write_text(text)
     click.echo(f"wrote {path}", err=True)
 
@@ -97,13 +102,18 @@ def benchmark(datasets: str, models: str, horizons: str, seeds: int, configs: st
         sys.exit(1)
 
 
-def _leaderboard(tracking_uri: str | None, experiment: str, suite: str | None, dataset: str | None):
+def _leaderboard(tracking_uri: str | None, experiment: str, suite: str | None, dataset: str | None,
+                 runs: str | None):
     from benchmarks.tracking import resolve_tracking_uri
     from results.leaderboard import build_leaderboard
     from results.runs import load_benchmark_records
 
-    suite, records = load_benchmark_records(resolve_tracking_uri(tracking_uri), experiment, suite, dataset)
+    uri = resolve_tracking_uri(tracking_uri) if runs is None else ""
+    suite, records = load_benchmark_records(uri, experiment, suite, dataset, None if runs is None else Path(runs))
     return build_leaderboard(records, suite)
+
+
+_RUNS_HELP = "Read the runs from a `mixbench export` CSV instead of MLflow."
 
 
 @click.command("leaderboard", context_settings=_CONTEXT)
@@ -111,9 +121,10 @@ def _leaderboard(tracking_uri: str | None, experiment: str, suite: str | None, d
 @click.option("--dataset", default=None, help="Only this dataset.")
 @click.option("--format", "output_format", type=click.Choice(["table", "csv"]), default="table", show_default=True)
 @click.option("--output", default=None, help="Write to this file instead of stdout.")
+@click.option("--runs", default=None, metavar="FILE", help=_RUNS_HELP)
 @click.option("--tracking-uri", default=None, help=_TRACKING_HELP)
 @click.option("--experiment", default="mixbench", show_default=True, help="MLflow experiment name.")
-def leaderboard(suite: str | None, dataset: str | None, output_format: str, output: str | None,
+def leaderboard(suite: str | None, dataset: str | None, output_format: str, output: str | None, runs: str | None,
                 tracking_uri: str | None, experiment: str) -> None:
     """Test MSE/MAE per (dataset, horizon, model): mean ± sample std (ddof=1) over seeds, plus the Avg over horizons.
 
@@ -125,7 +136,7 @@ def leaderboard(suite: str | None, dataset: str | None, output_format: str, outp
     """
     from results.leaderboard import leaderboard_csv, leaderboard_text
 
-    board = _leaderboard(tracking_uri, experiment, suite, dataset)
+    board = _leaderboard(tracking_uri, experiment, suite, dataset, runs)
     _write(leaderboard_csv(board) if output_format == "csv" else leaderboard_text(board), output)
 
 
@@ -140,10 +151,11 @@ def leaderboard(suite: str | None, dataset: str | None, output_format: str, outp
 @click.option("--std", "show_std", is_flag=True, help="Show mean ± sample std over seeds.")
 @click.option("--figures", default=None, metavar="DIR",
               help="Also write one PNG per dataset into DIR: test MSE by horizon, a line per model, error bars = std.")
+@click.option("--runs", default=None, metavar="FILE", help=_RUNS_HELP)
 @click.option("--tracking-uri", default=None, help=_TRACKING_HELP)
 @click.option("--experiment", default="mixbench", show_default=True, help="MLflow experiment name.")
 def table(output_format: str, output: str | None, suite: str | None, dataset: str | None, reference: str | None,
-          show_std: bool, figures: str | None, tracking_uri: str | None, experiment: str) -> None:
+          show_std: bool, figures: str | None, runs: str | None, tracking_uri: str | None, experiment: str) -> None:
     """The long-term forecasting table in the MixMamba paper's layout, from the leaderboard.
 
     Datasets are row groups (horizons, then Avg), models column pairs (MSE, MAE): MixMamba, iTransformer, PatchTST,
@@ -159,8 +171,32 @@ def table(output_format: str, output: str | None, suite: str | None, dataset: st
     from results.render import render
     from results.table import build_table
 
-    board = _leaderboard(tracking_uri, experiment, suite, dataset)
+    board = _leaderboard(tracking_uri, experiment, suite, dataset, runs)
     _write(render(build_table(board, reference), output_format, show_std), output)
     if figures is not None:
         for path in write_figures(board, Path(figures)):
             click.echo(f"wrote {path}", err=True)
+
+
+@click.command("export", context_settings=_CONTEXT)
+@click.option("--suite", required=True, help="Benchmark suite to export.")
+@click.option("--output", required=True, help="CSV file to write.")
+@click.option("--tracking-uri", default=None, help=_TRACKING_HELP)
+@click.option("--experiment", default="mixbench", show_default=True, help="MLflow experiment name.")
+def export(suite: str, output: str, tracking_uri: str | None, experiment: str) -> None:
+    """Write a suite's runs as one CSV, one row per run: its benchmark runs (any status) and the searches, trials and
+    refits of the same (dataset, model, horizon) cells, with every tag, param and final metric.
+
+    `mixbench table --runs FILE` and `mixbench leaderboard --runs FILE` rebuild the tables from it without MLflow.
+
+    \b
+    Example:
+      mixbench export --suite paper --output results/paper/runs.csv
+    """
+    from benchmarks.tracking import resolve_tracking_uri
+    from results.export import export_rows, export_summary, write_export
+
+    path = _output_path(output)
+    rows = export_rows(resolve_tracking_uri(tracking_uri), experiment, suite)
+    write_export(rows, path)
+    click.echo(f"wrote {path}: {export_summary(rows)}", err=True)

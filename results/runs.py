@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from benchmarks.errors import InputError
 
@@ -46,12 +46,16 @@ def search_benchmark_runs(client: MlflowClient, experiment_id: str, suite: str |
     filters = [f"tags.`mixbench.kind` = '{BENCHMARK_KIND}'", "attributes.status = 'FINISHED'"]
     if suite is not None:
         filters.append(f"tags.suite = '{suite}'")
+    return search_all_runs(client, experiment_id, " and ".join(filters))
+
+
+def search_all_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    """Every run of an experiment that matches an MLflow filter string, all result pages."""
     runs: list[Run] = []
     page_token = None
     while True:
-        page = client.search_runs(
-            [experiment_id], filter_string=" and ".join(filters), max_results=1000, page_token=page_token
-        )
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
+                                  page_token=page_token)
         runs.extend(page)
         page_token = page.token
         if not page_token:
@@ -60,7 +64,13 @@ def search_benchmark_runs(client: MlflowClient, experiment_id: str, suite: str |
 
 def record_from_run(run: Run) -> BenchmarkRecord | None:
     """The run as a record, or None when it is not complete (no `test_mse`)."""
-    tags, metrics = run.data.tags, run.data.metrics
+    return record_from(run.data.tags, run.data.metrics, run.info.run_id, int(run.info.start_time or 0))
+
+
+def record_from(tags: Mapping[str, str], metrics: Mapping[str, float], run_id: str, start_time: int
+                ) -> BenchmarkRecord | None:
+    """A benchmark run's tags and final metrics as a record, or None without `test_mse` (KeyError if a tag is
+    missing)."""
     if "test_mse" not in metrics:
         return None
     return BenchmarkRecord(
@@ -74,19 +84,32 @@ def record_from_run(run: Run) -> BenchmarkRecord | None:
         test_mse=float(metrics["test_mse"]),
         test_mae=float(metrics["test_mae"]),
         suite=tags.get("suite", ""),
-        run_id=run.info.run_id,
-        start_time=int(run.info.start_time or 0),
+        run_id=run_id,
+        start_time=start_time,
     )
 
 
 def load_benchmark_records(
-    tracking_uri: str, experiment: str = "mixbench", suite: str | None = None, dataset: str | None = None
+    tracking_uri: str, experiment: str = "mixbench", suite: str | None = None, dataset: str | None = None,
+    runs_file: Path | None = None,
 ) -> tuple[str, list[BenchmarkRecord]]:
     """The complete benchmark runs of one suite as records, and that suite's name.
 
-    `suite=None` picks the suite of the most recently started benchmark run. Raises InputError when the store has
-    no complete benchmark runs, or the suite or dataset has none (the message lists what exists).
+    They come from MLflow, or from a `mixbench export` CSV when `runs_file` is given. `suite=None` picks the suite
+    of the most recently started benchmark run. Raises InputError when there are no complete benchmark runs, or the
+    suite or dataset has none (the message lists what exists).
     """
+    if runs_file is not None:
+        from results.export import records_from_export
+
+        records = records_from_export(runs_file)
+        if not records:
+            raise InputError(f"--runs {runs_file} holds no finished benchmark runs; export a suite that has some")
+        return _one_suite(records, suite, dataset)
+    return _one_suite(_store_records(tracking_uri, experiment), suite, dataset)
+
+
+def _store_records(tracking_uri: str, experiment: str) -> list[BenchmarkRecord]:
     from mlflow.tracking import MlflowClient
 
     # Opening a missing SQLite path would create an empty store; say what is wrong instead.
@@ -104,6 +127,11 @@ def load_benchmark_records(
             f"no finished benchmark runs in experiment '{experiment}' at {tracking_uri}; "
             "run `mixbench benchmark` first or pass the right --tracking-uri/--experiment"
         )
+    return records
+
+
+def _one_suite(records: list[BenchmarkRecord], suite: str | None, dataset: str | None
+               ) -> tuple[str, list[BenchmarkRecord]]:
     suites = sorted({record.suite for record in records})
     if suite is None:
         suite = max(records, key=lambda record: record.start_time).suite

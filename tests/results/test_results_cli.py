@@ -290,7 +290,7 @@ def test_bad_benchmark_input_fails_before_any_training(tmp_path):
 
 
 def test_the_cli_registers_the_results_commands():
-    for name in ("benchmark", "leaderboard", "table"):
+    for name in ("benchmark", "leaderboard", "table", "export"):
         assert cli.COMMANDS[name][0] == f"results.commands:{name}"
 
 
@@ -359,3 +359,67 @@ def test_default_suite_is_the_latest_and_only_complete_runs_count(store, tmp_pat
     assert suite == "new" and [record.seed for record in records] == [1]
     suite, records = load_benchmark_records(store["uri"], "suites", suite="old")
     assert [record.test_mse for record in records] == [0.4]
+
+
+def with_searches(store, folder: Path) -> str:
+    """A copy of the store plus a FAILED benchmark run of the suite, a search (with one trial) on a suite cell and
+    one on a cell outside the suite."""
+    shutil.copy(store["root"] / "mlflow.db", folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    failed = client.create_run(experiment_id, tags={
+        "mixbench.kind": "benchmark", "suite": SUITE, "dataset": "ETTh1", "model": "dlinear", "pred_len": "96",
+        "seed": "2023", "config_hash": "x"})
+    client.log_metric(failed.info.run_id, "test_mse", 9.0)
+    client.set_terminated(failed.info.run_id, status="FAILED")
+    for pred_len in (96, 720):
+        search = client.create_run(experiment_id, tags={
+            "mixbench.kind": "search", "dataset": "ETTh1", "model": "patchtst", "pred_len": str(pred_len)})
+        trial = client.create_run(experiment_id, tags={
+            "mixbench.kind": "trial", "mlflow.parentRunId": search.info.run_id, "dataset": "ETTh1",
+            "model": "patchtst", "pred_len": str(pred_len), "trial_id": f"t{pred_len}"})
+        client.log_metric(trial.info.run_id, "val_loss", 0.5)
+        client.log_param(trial.info.run_id, "model.d_model", "16")
+        for run in (trial, search):
+            client.set_terminated(run.info.run_id)
+    return uri
+
+
+def test_export_holds_every_run_and_rebuilds_the_same_tables(store, tmp_path):
+    uri = with_searches(store, tmp_path)
+    output = tmp_path / "runs.csv"
+    code, _, err = mixbench("export", "--suite", SUITE, "--output", str(output), "--tracking-uri", uri,
+                            "--experiment", EXPERIMENT)
+    assert code == 0, err
+    assert "11 runs: 9 benchmark, 1 search, 1 trial" in err
+    rows = list(csv.DictReader(output.open()))
+    kinds = [row["tags.mixbench.kind"] for row in rows]
+    assert kinds == ["benchmark"] * 9 + ["search", "trial"]  # sorted by kind
+    statuses = [row["status"] for row in rows[:9]]
+    assert statuses.count("FINISHED") == 8 and statuses.count("FAILED") == 1
+    assert rows[10]["parent_run_id"] == rows[9]["run_id"] and rows[10]["tags.pred_len"] == "96"
+    assert rows[10]["metrics.val_loss"] == "0.5" and rows[10]["params.model.d_model"] == "16"
+    assert not [name for name in rows[0] if name.startswith("tags.mlflow.")]
+    for command in (["table", "--format", "csv", "--reference", "paper", "--std"], ["leaderboard", "--format", "csv"]):
+        from_store = mixbench(*command, "--tracking-uri", uri, "--experiment", EXPERIMENT)
+        from_export = mixbench(*command, "--runs", str(output))
+        assert from_store[0] == from_export[0] == 0, from_export[2]
+        assert from_export[1] == from_store[1] and from_store[1].count("\n") > 3
+
+
+def test_bad_exports_are_one_line_errors(store, tmp_path):
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("dataset,model\nETTh1,dlinear\n")
+    cases = [
+        (["table", "--runs", str(tmp_path / "missing.csv")], "no such file"),
+        (["leaderboard", "--runs", str(wrong)], "is not a `mixbench export` CSV"),
+        (["export", "--suite", "nope", "--output", str(tmp_path / "x.csv"), "--tracking-uri", store["uri"],
+          "--experiment", EXPERIMENT], f"--suite must be one of: {SUITE}"),
+        (["export", "--suite", SUITE, "--output", str(tmp_path / "no" / "x.csv"), "--tracking-uri", store["uri"]],
+         "does not exist"),
+    ]
+    for args, message in cases:
+        code, _, err = mixbench(*args)
+        assert code == 2, (args, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err

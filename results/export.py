@@ -1,0 +1,120 @@
+"""The store-free export of a suite: its benchmark runs and the searches behind its searched configs, one CSV row per
+run (params, tags, final metrics), and benchmark records read back from that CSV so tables rebuild without MLflow.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from benchmarks.errors import InputError
+from results.runs import BENCHMARK_KIND, BenchmarkRecord, record_from, search_all_runs, search_benchmark_runs
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+RUN_COLUMNS = ("run_id", "parent_run_id", "run_name", "status", "start_time", "end_time")
+SEARCH_KINDS = ("search", "trial", "refit")
+# Of MLflow's own tags only these two become columns; the rest (user name, source file, the machine's git commit)
+# say nothing about the result and may name people or paths.
+_PARENT_TAG, _NAME_TAG = "mlflow.parentRunId", "mlflow.runName"
+
+
+def export_rows(tracking_uri: str, experiment: str, suite: str) -> list[dict[str, str]]:
+    """Rows of every run of `suite` (any status) and of every search, trial and refit of the suite's
+    (dataset, model, pred_len) cells, sorted by kind, dataset, model, horizon, seed and start time."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise InputError(f"no experiment '{experiment}' at {tracking_uri}; pass the right --experiment/--tracking-uri")
+    benchmark = search_all_runs(client, found.experiment_id,
+                                f"tags.`mixbench.kind` = '{BENCHMARK_KIND}' and tags.suite = '{suite}'")
+    if not benchmark:
+        suites = sorted({run.data.tags.get("suite", "") for run in search_benchmark_runs(client, found.experiment_id)})
+        raise InputError(f"suite '{suite}' has no runs in experiment '{experiment}'; --suite must be one of: "
+                         f"{', '.join(suites) or '(none: run `mixbench benchmark` first)'}")
+    cells = {_cell(run) for run in benchmark}
+    searches = [run for run in search_all_runs(client, found.experiment_id, "tags.`mixbench.kind` = 'search'")
+                if _cell(run) in cells]
+    children = [run for search in searches for kind in SEARCH_KINDS[1:] for run in search_all_runs(
+        client, found.experiment_id,
+        f"tags.`mlflow.parentRunId` = '{search.info.run_id}' and tags.`mixbench.kind` = '{kind}'")]
+    runs = sorted(benchmark + searches + children, key=_order)
+    return [_row(run) for run in runs]
+
+
+def write_export(rows: list[dict[str, str]], path: Path) -> Path:
+    """Write `rows` as CSV: the run columns, then tags.*, params.* and metrics.* columns in name order."""
+    names = sorted({name for row in rows for name in row} - set(RUN_COLUMNS))
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*RUN_COLUMNS, *names], restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def records_from_export(path: Path) -> list[BenchmarkRecord]:
+    """The complete benchmark runs of an export (FINISHED, with test_mse), as the leaderboard reads them."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--runs {path}: no such file; write one with `mixbench export --output {path.name}`")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not set(RUN_COLUMNS) <= set(reader.fieldnames):
+            raise InputError(f"--runs {path} is not a `mixbench export` CSV (its header lacks {', '.join(RUN_COLUMNS)})")
+        records = []
+        for line, row in enumerate(reader, start=2):
+            if row.get("tags.mixbench.kind") != BENCHMARK_KIND or row["status"] != "FINISHED":
+                continue
+            tags = {key[len("tags."):]: value for key, value in row.items() if key.startswith("tags.") and value}
+            try:
+                metrics = {key[len("metrics."):]: float(value) for key, value in row.items()
+                           if key.startswith("metrics.") and value}
+                record = record_from(tags, metrics, row["run_id"], int(row["start_time"] or 0))
+            except (KeyError, ValueError) as error:
+                raise InputError(f"--runs {path} line {line}: bad or missing value ({error}); re-export it") from None
+            if record is not None:
+                records.append(record)
+    return records
+
+
+def _cell(run: Run) -> tuple[str, str, str]:
+    tags = run.data.tags
+    return tags.get("dataset", ""), tags.get("model", ""), tags.get("pred_len", "")
+
+
+def _order(run: Run) -> tuple:
+    tags = run.data.tags
+    kinds = (BENCHMARK_KIND, *SEARCH_KINDS)
+    kind = tags.get("mixbench.kind", "")
+    return (kinds.index(kind) if kind in kinds else len(kinds), tags.get("dataset", ""), tags.get("model", ""),
+            int(tags.get("pred_len") or 0), tags.get("display_name", ""), int(tags.get("seed") or 0),
+            run.info.start_time or 0, run.info.run_id)
+
+
+def _row(run: Run) -> dict[str, str]:
+    tags = run.data.tags
+    row = {"run_id": run.info.run_id, "parent_run_id": tags.get(_PARENT_TAG, ""), "run_name": tags.get(_NAME_TAG, ""),
+           "status": run.info.status, "start_time": str(run.info.start_time or ""),
+           "end_time": str(run.info.end_time or "")}
+    row.update((f"tags.{key}", value) for key, value in tags.items() if not key.startswith("mlflow."))
+    row.update((f"params.{key}", value) for key, value in run.data.params.items())
+    row.update((f"metrics.{key}", _number(value)) for key, value in run.data.metrics.items())
+    return row
+
+
+def _number(value: float) -> str:
+    return repr(value) if math.isfinite(value) else str(value)
+
+
+def export_summary(rows: Iterable[dict[str, str]]) -> str:
+    """'N runs: a benchmark, b search, ...' for the command's closing line."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        kind = row.get("tags.mixbench.kind", "") or "other"
+        counts[kind] = counts.get(kind, 0) + 1
+    total = sum(counts.values())
+    return f"{total} runs: " + ", ".join(f"{count} {kind}" for kind, count in counts.items())

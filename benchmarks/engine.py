@@ -12,9 +12,10 @@ import math
 import random
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -134,6 +135,11 @@ class NonFiniteLossError(RuntimeError):
     """Training diverged: a training or validation loss was NaN or infinite at the end of an epoch."""
 
 
+class GpuOutOfMemoryError(RuntimeError):
+    """The GPU ran out of memory in a training epoch or an evaluation pass; the message is one line naming the run,
+    the epoch, the batch size, the process's GPU share if capped, and the fix. The torch error is its __cause__."""
+
+
 def resolve_experiment(spec: ExperimentSpec) -> ExperimentSpec:
     """`spec` with the recipe's model and training settings filled in; the spec's own overrides win.
 
@@ -224,9 +230,10 @@ def run_experiment(spec: ExperimentSpec, *, on_epoch: Callable[[EpochReport], No
         training.fit(on_epoch, on_batch, live)
         model.load_state_dict(training.best_weights)
         target = _target_channels(spec.features)
-        test_mse, test_mae, routing = _evaluate(model, data.test, target, spec.train.batch_size,
-                                                spec.train.limit_eval_batches, spec.train.bf16, seed=spec.seed,
-                                                collect_routing=True)
+        with _naming_out_of_memory(spec, device, f"the test after epoch {training.epoch}"):
+            test_mse, test_mae, routing = _evaluate(model, data.test, target, spec.train.batch_size,
+                                                    spec.train.limit_eval_batches, spec.train.bf16, seed=spec.seed,
+                                                    collect_routing=True)
         artifact_dir = Path(artifact_dir) if artifact_dir is not None else Path(tempfile.mkdtemp(prefix="mixbench-"))
         _write_artifacts(artifact_dir, spec, model, model_config, train_config, data_config, data, routing)
         result = ExperimentResult(
@@ -279,10 +286,12 @@ class _Training:
         while self.epoch < self.config.epochs and not self.stopped:
             epoch = self.epoch + 1
             start = time.perf_counter()
-            train_loss, samples = self._train_one_epoch(epoch, on_batch)
+            with _naming_out_of_memory(self.spec, self.device, f"epoch {epoch} (training)"):
+                train_loss, samples = self._train_one_epoch(epoch, on_batch)
             train_seconds = time.perf_counter() - start
-            val_mse, val_mae, _ = _evaluate(self.forward, self.data.val, self.target, self.config.batch_size,
-                                            self.config.limit_eval_batches, self.config.bf16)
+            with _naming_out_of_memory(self.spec, self.device, f"epoch {epoch} (validation)"):
+                val_mse, val_mae, _ = _evaluate(self.forward, self.data.val, self.target, self.config.batch_size,
+                                                self.config.limit_eval_batches, self.config.bf16)
             val_loss = val_mse if self.config.loss == "mse" else val_mae
             seconds = time.perf_counter() - start
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
@@ -490,6 +499,29 @@ class TrainStep:
                            self.capture_error)
             return
         self._graph, self._static_loss = graph, loss.detach()
+
+
+@contextmanager
+def _naming_out_of_memory(spec: ExperimentSpec, device: torch.device, where: str) -> Iterator[None]:
+    """Turns torch.OutOfMemoryError raised inside into GpuOutOfMemoryError naming `spec`'s run and `where`."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        share = ""
+        if device.type == "cuda":
+            # Gives the allocator's unused cache back to the GPU, which other trials or runs may be sharing. The
+            # failed pass's own tensors stay referenced by the chained traceback until the caller drops the error.
+            torch.cuda.empty_cache()
+            # The index, not the device: resolve_device("auto") gives an index-less "cuda", which this call refuses.
+            fraction = torch.cuda.get_per_process_memory_fraction(device.index)
+            if fraction < 1:
+                share = f" with a GPU share of {fraction:g}"
+        batch_size = spec.train.batch_size
+        raise GpuOutOfMemoryError(
+            f"{spec.model} on {spec.dataset} (pred_len {spec.pred_len}) ran out of GPU memory in {where} at batch "
+            f"size {batch_size}{share}; lower train.batch_size (e.g. --set train.batch_size={max(1, batch_size // 2)}) "
+            "or give the run a larger GPU share (--gpus-per-trial / --gpus-per-run)"
+        ) from error
 
 
 def scheduled_learning_rate(config: TrainConfig, epoch: int) -> float:

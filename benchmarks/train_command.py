@@ -97,6 +97,7 @@ def train(model: str, dataset: str, pred_len: int, seq_len: int, features: str, 
     from benchmarks.engine import (
         EpochReport,
         ExperimentSpec,
+        GpuOutOfMemoryError,
         NonFiniteLossError,
         check_train_value,
         resolve_experiment,
@@ -138,7 +139,8 @@ def train(model: str, dataset: str, pred_len: int, seq_len: int, features: str, 
         try:
             result = run_experiment(resolved, on_epoch=summarise, on_batch=advance, artifact_dir=Path(artifacts),
                                     tracking=tracking)
-        except NonFiniteLossError as error:
+        except (NonFiniteLossError, GpuOutOfMemoryError) as error:
+            # Both are fixed by a setting (learning rate, batch size), so they are bad input, not a crash.
             raise InputError(str(error)) from None
         finally:
             for bar in bars:

@@ -223,7 +223,7 @@ def _run(config: SearchConfig, dataset: str, name: str, experiment_dir: Path, sp
     from benchmarks.tracking import TrackingConfig, protocol_tag, redact_uri
     from search.parent_run import ParentRun
     from search.progress import ProgressLine
-    from search.trial import FEATURES, SEARCH_METRIC, TrialSetup, run_trial
+    from search.trial import FEATURES, SEARCH_METRIC, TrialSetup, run_trial, trial_dirname
     from search.trial_logger import TrialLogger
 
     setup = TrialSetup(
@@ -231,7 +231,7 @@ def _run(config: SearchConfig, dataset: str, name: str, experiment_dir: Path, sp
         seed=config.seed, epochs=config.epochs, limit_train_batches=config.limit_train_batches or None,
         limit_eval_batches=config.limit_eval_batches or None, data_dir=config.data_dir,
         enc_in=get_dataset(dataset).n_channels, sha256=sha256, cpus_per_trial=config.cpus_per_trial,
-        gpus_per_trial=config.gpus_per_trial,
+        gpus_per_trial=config.gpus_per_trial, experiment_dir=str(experiment_dir),
     )
     _check_proposals(setup)
     searched_seq_len = space.searches_seq_len
@@ -309,7 +309,7 @@ def _run(config: SearchConfig, dataset: str, name: str, experiment_dir: Path, sp
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=config.trials,
                                         max_concurrent_trials=config.max_concurrent,
                                         time_budget_s=config.time_budget_s or None, reuse_actors=True,
-                                        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+                                        trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id)),
             run_config=run_config,
         )
     tuner.fit()

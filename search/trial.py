@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 FEATURES = "M"
 CHECKPOINT_FILE = "state.pt"
 DIVERGED_FILE = "diverged.txt"
+OUT_OF_MEMORY_FILE = "out_of_memory.txt"
 ARTIFACT_DIR = "artifacts"
 SEARCH_METRIC = "val_loss_best"
 
@@ -28,8 +29,9 @@ class TrialSetup:
     """Everything a trial needs besides its proposed config; the same for every trial of one search.
 
     data_dir is absolute (Ray runs trials in other working directories); enc_in and sha256 describe the dataset
-    file the driver checked, for the MLflow params. `tracking` is set only when trials log their own child runs
-    (an http(s) tracking server); with a local store the driver logs them.
+    file the driver checked, for the MLflow params. experiment_dir is the search's folder (absolute; Tune's storage,
+    which every node of a cluster reaches). `tracking` is set only when trials log their own child runs (an http(s)
+    tracking server); with a local store the driver logs them.
     """
 
     space: SearchSpace
@@ -46,6 +48,7 @@ class TrialSetup:
     sha256: str
     cpus_per_trial: float
     gpus_per_trial: float
+    experiment_dir: str
     tracking: TrackingConfig | None = None
 
     def spec(self, proposed: ProposedConfig, seed: int | None = None) -> ExperimentSpec:
@@ -94,18 +97,24 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     Each epoch but the last is reported with a checkpoint (the engine's state, torch.save'd) so ASHA can stop the
     trial and Ray can resume it. The last epoch is reported together with the test metrics and the artifact
     folder, once the run has ended: ASHA stops every trial at max_t, which would otherwise cut off the test.
-    A NaN/inf loss raises NonFiniteLossError, so Tune records the trial as failed and the search goes on.
+    A NaN/inf loss raises NonFiniteLossError and running out of GPU memory GpuOutOfMemoryError, so Tune records the
+    trial as failed and the search goes on.
     """
     import torch
     from ray import tune
 
-    from benchmarks.engine import NonFiniteLossError, run_experiment
+    from benchmarks.engine import GpuOutOfMemoryError, NonFiniteLossError, run_experiment
 
     trial_dir = Path(tune.get_context().get_trial_dir())
-    diverged = trial_dir / DIVERGED_FILE
-    if diverged.is_file():
-        # Divergence is deterministic: Ray's retry (FailureConfig) of a diverged trial fails at once.
-        raise NonFiniteLossError(diverged.read_text())
+    trial_id = tune.get_context().get_trial_id()
+    # Divergence and running out of GPU memory (same batch size, same share) repeat, so Ray's retry (FailureConfig) of
+    # such a trial fails at once with the same error. The record is kept in the search's folder, not in trial_dir:
+    # Ray gives a retry that runs in a reused actor another trial_dir than the first attempt's.
+    records = Path(setup.experiment_dir) / trial_dirname(trial_id)
+    repeating = {NonFiniteLossError: records / DIVERGED_FILE, GpuOutOfMemoryError: records / OUT_OF_MEMORY_FILE}
+    for error_type, record in repeating.items():
+        if record.is_file():
+            raise error_type(record.read_text())
     torch.set_num_threads(max(1, int(setup.cpus_per_trial)))
     if 0 < setup.gpus_per_trial < 1 and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(setup.gpus_per_trial)
@@ -115,7 +124,6 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume_state = load_checkpoint(Path(directory))
-    trial_id = tune.get_context().get_trial_id()
     live = None
     if setup.tracking is not None:
         from search.trial_runs import TrialRuns
@@ -126,14 +134,20 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     try:
         result = run_experiment(setup.spec(proposed), on_epoch=reporter, resume_state=resume_state,
                                 artifact_dir=trial_dir / ARTIFACT_DIR)
-    except NonFiniteLossError as error:
-        diverged.write_text(str(error))
+    except (NonFiniteLossError, GpuOutOfMemoryError) as error:
+        records.mkdir(parents=True, exist_ok=True)
+        repeating[type(error)].write_text(str(error))
         raise
     final = {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
              "test_mse": result.test_mse, "test_mae": result.test_mae, "artifact_dir": str(result.artifact_dir)}
     if live is not None:
         live.finish(final, result.artifact_dir)
     tune.report({**result.history[-1], SEARCH_METRIC: result.best_val_loss, **final})
+
+
+def trial_dirname(trial_id: str) -> str:
+    """The folder of Tune trial `trial_id` in the search's folder (the runner's trial_dirname_creator)."""
+    return f"trial_{trial_id}"
 
 
 def load_checkpoint(directory: Path) -> dict[str, Any]:

@@ -16,3 +16,35 @@ def shared_data_dir() -> Path:
     if not (SHARED_DATA / "ETT-small" / "ETTh1.csv").is_file():
         pytest.fail(f"benchmark data not found under {SHARED_DATA}; set MIXBENCH_DATA_DIR to the shared data folder")
     return SHARED_DATA
+
+
+@pytest.fixture
+def out_of_gpu_memory(monkeypatch):
+    """`out_of_gpu_memory(after)`: every model built from now on raises PyTorch's real CUDA out-of-memory error from a
+    forward hook once it has run `after` forwards (training and evaluation passes both count).
+
+    On CPU no real CUDA OOM can be made; this raises the same exception type at the same place in the engine.
+    """
+    import torch
+
+    import benchmarks.models
+
+    real_build_model = benchmarks.models.build_model
+
+    def arm(after: int) -> None:
+        def build_model(*args, **kwargs):
+            model, config = real_build_model(*args, **kwargs)
+            forwards = 0
+
+            def allocate(module, inputs, output):
+                nonlocal forwards
+                forwards += 1
+                if forwards > after:
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+            model.register_forward_hook(allocate)
+            return model, config
+
+        monkeypatch.setattr(benchmarks.models, "build_model", build_model)
+
+    return arm

@@ -1,5 +1,6 @@
 """The training engine on real ETTh1: determinism, early stopping and best-weight restore, schedules, resume,
-test metrics over every window, saved weights, artifacts and divergence errors. Tiny models, few batches."""
+test metrics over every window, saved weights, artifacts, divergence and GPU out-of-memory errors. Tiny models, few
+batches."""
 from __future__ import annotations
 
 import math
@@ -14,6 +15,7 @@ from safetensors.torch import load_file, load_model
 from benchmarks.data import DataProtocol, load_forecast_data
 from benchmarks.engine import (
     ExperimentSpec,
+    GpuOutOfMemoryError,
     NonFiniteLossError,
     TrainConfig,
     evaluate,
@@ -181,6 +183,25 @@ def test_a_diverging_run_raises_non_finite_loss_error(shared_data_dir, tmp_path)
     spec = tiny_spec(shared_data_dir, learning_rate=1e30, epochs=3, lradj="constant")
     with pytest.raises(NonFiniteLossError, match="diverged at epoch 1.*lower train.learning_rate"):
         run_experiment(spec, artifact_dir=tmp_path)
+
+
+# 2 training and 2 validation forwards an epoch (limit 2 batches each), then the test pass after the last epoch.
+@pytest.mark.parametrize(("forwards_before", "where"), [
+    (0, "epoch 1 (training)"), (2, "epoch 1 (validation)"), (4, "epoch 2 (training)"), (8, "the test after epoch 2"),
+])
+def test_running_out_of_gpu_memory_names_the_run_the_epoch_and_the_fix(forwards_before, where, out_of_gpu_memory,
+                                                                        shared_data_dir, tmp_path):
+    out_of_gpu_memory(after=forwards_before)
+    spec = tiny_spec(shared_data_dir, epochs=2, limit_train_batches=2, limit_eval_batches=2)
+    with pytest.raises(GpuOutOfMemoryError) as caught:
+        run_experiment(spec, artifact_dir=tmp_path)
+
+    assert str(caught.value) == (
+        f"dlinear on ETTh1 (pred_len 24) ran out of GPU memory in {where} at batch size 16; lower train.batch_size "
+        "(e.g. --set train.batch_size=8) or give the run a larger GPU share (--gpus-per-trial / --gpus-per-run)"
+    )
+    assert isinstance(caught.value.__cause__, torch.OutOfMemoryError)
+    assert "Tried to allocate 2.00 GiB" in str(caught.value.__cause__)
 
 
 def test_mixmamba_writes_config_weights_and_both_plots(shared_data_dir, tmp_path):

@@ -125,6 +125,28 @@ def test_an_unreachable_tracking_server_fails_before_training(capsys):
     assert "does not answer" in err and "mixbench ui" in err
 
 
+def test_running_out_of_gpu_memory_is_one_line_with_the_fix_and_a_failed_run(out_of_gpu_memory, shared_data_dir,
+                                                                             capsys, tmp_path):
+    out_of_gpu_memory(after=0)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(uri).search_experiments()  # creates the store first: MLflow logs two INFO lines when it does
+    capsys.readouterr()
+    code = mixbench(["train", "--model", "dlinear", "--dataset", "ETTh1", "--pred-len", "24", "--seq-len", "48",
+                     "--epochs", "2", "--set", "train.batch_size=16", "--device", "cpu", "--experiment", "cli",
+                     "--limit-train-batches", "2", "--limit-eval-batches", "2", "--tracking-uri", uri,
+                     "--data-dir", str(shared_data_dir)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        "error: dlinear on ETTh1 (pred_len 24) ran out of GPU memory in epoch 1 (training) at batch size 16; lower "
+        "train.batch_size (e.g. --set train.batch_size=8) or give the run a larger GPU share (--gpus-per-trial / "
+        "--gpus-per-run)\n"
+    )
+    (experiment,) = [item for item in MlflowClient(uri).search_experiments() if item.name == "cli"]
+    (run,) = MlflowClient(uri).search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED" and "test_mse" not in run.data.metrics
+
+
 def test_train_help_documents_the_set_scheme_with_an_example(capsys):
     assert mixbench(["train", "--help"]) == 0
     out = capsys.readouterr().out

@@ -214,7 +214,7 @@ def run_experiment(spec: ExperimentSpec, *, on_epoch: Callable[[EpochReport], No
     model.to(device)
     model_config = _plain(asdict(config))
     train_config = asdict(spec.train)
-    data_config = _data_config(spec, data)
+    data_config = run_data_config(spec, data.sha256)
 
     live = None
     if tracking is not None:
@@ -635,9 +635,18 @@ def _write_artifacts(directory: Path, spec: ExperimentSpec, model: nn.Module, mo
                           path=directory / "plots" / "experts.png")
 
 
-def _data_config(spec: ExperimentSpec, data: ForecastData) -> dict[str, Any]:
+def run_data_config(spec: ExperimentSpec, sha256: str) -> dict[str, Any]:
+    """The data.* fields a run logs and writes into config.yaml, for a resolved `spec` and its file's sha256."""
     return {"dataset": spec.dataset, "features": spec.features, "target": spec.target, "seq_len": spec.seq_len,
-            "pred_len": spec.pred_len, "sha256": data.sha256}
+            "pred_len": spec.pred_len, "sha256": sha256}
+
+
+def run_model_config(spec: ExperimentSpec, enc_in: int) -> dict[str, Any]:
+    """The model config a resolved `spec` builds for `enc_in` channels, exactly as the run logs it (its config_hash
+    depends on this), without loading data or building the model."""
+    from benchmarks.models import model_config
+
+    return _plain(asdict(model_config(spec.model, spec.seq_len, spec.pred_len, enc_in, spec.model_overrides)))
 
 
 def _target_channels(features: str) -> slice:

@@ -3,16 +3,15 @@ MLflow by the driver as each run finishes; cells already complete in the suite a
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from benchmarks.errors import InputError
+from benchmarks.ray_session import check_address, connect
 from results.configs import ConfigEntry, best_search_configs, load_config_file
 
 if TYPE_CHECKING:
@@ -21,10 +20,6 @@ if TYPE_CHECKING:
 FIRST_SEED = 2021  # Time-Series-Library's fixed seed; --seeds N runs FIRST_SEED .. FIRST_SEED + N - 1
 DEFAULT_HORIZONS = (96, 192, 336, 720)
 _SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_ADDRESS = re.compile(r"^(?:ray://)?(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Ray gives a new local raylet a fixed 30 s to register; on a busy machine a second try usually makes it.
-LOCAL_START_ATTEMPTS = 2
 
 
 @dataclass
@@ -124,22 +119,13 @@ def config_entries(config: BenchmarkConfig, tracking_uri: str) -> list[ConfigEnt
     ]
 
 
-def _model_config_dict(spec: ExperimentSpec) -> dict[str, Any]:
-    """The resolved model config as the engine logs it (its config_hash depends on exactly this)."""
-    from benchmarks.datasets import get_dataset
-    from benchmarks.models import model_config
-
-    enc_in = get_dataset(spec.dataset).n_channels if spec.features in ("M", "MS") else 1
-    built = model_config(spec.model, spec.seq_len, spec.pred_len, enc_in, spec.model_overrides)
-    return json.loads(json.dumps(asdict(built), default=str))
-
-
 def plan_cells(config: BenchmarkConfig, entries: list[ConfigEntry], data_dir: str | None) -> list[Cell]:
     """Every (dataset, model, horizon, config, seed) cell, resolved and validated (device cpu); duplicates removed.
 
     A FILE entry applies to the grid cells it matches (same model; its dataset / pred_len, or any when omitted).
     """
-    from benchmarks.engine import ExperimentSpec, resolve_experiment
+    from benchmarks.datasets import get_dataset
+    from benchmarks.engine import ExperimentSpec, resolve_experiment, run_model_config
     from benchmarks.tracking import config_hash
 
     config = _checked(config)
@@ -162,7 +148,8 @@ def plan_cells(config: BenchmarkConfig, entries: list[ConfigEntry], data_dir: st
                             train_overrides={**entry.train_overrides, **train_overrides},
                             device="cpu", data_dir=data_dir,
                         ))
-                        digest = config_hash(model, _model_config_dict(spec), asdict(spec.train))
+                        enc_in = get_dataset(dataset).n_channels if spec.features in ("M", "MS") else 1
+                        digest = config_hash(model, run_model_config(spec, enc_in), asdict(spec.train))
                         cell = Cell(spec, digest, entry.display_name)
                         cells.setdefault((*cell.key, cell.display_name), cell)
     if not cells:
@@ -233,51 +220,6 @@ def _log(result: ExperimentResult, files: dict[str, bytes], cell: Cell, config: 
         return log_experiment(replace(result, artifact_dir=Path(directory)), tracking)
 
 
-def _check_address(address: str) -> None:
-    """InputError unless something listens at host:port (or ray://host:port); Ray itself retries for minutes."""
-    if address == "auto":
-        return
-    match = _ADDRESS.match(address)
-    if match is None:
-        raise InputError(f"--address {address!r} is not a Ray address; use host:port (e.g. 10.0.0.5:6379), "
-                         "ray://host:10001, auto, or leave it out to start Ray locally")
-    try:
-        with socket.create_connection((match["host"].strip("[]"), int(match["port"])), timeout=3.0):
-            pass
-    except OSError as error:
-        raise InputError(f"--address {address}: nothing answers there ({error.strerror or type(error).__name__}); "
-                         "start the cluster (`ray start --head`) or leave --address out to run locally") from None
-
-
-def _start_ray(address: str | None) -> bool:
-    """Connect to `address` or start a local Ray; True when this call started it (so it should shut it down)."""
-    import logging
-
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address is None:
-        # Local workers then import this package from a checkout too, not only from an installed copy.
-        paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    for _ in range(1 if address is not None else LOCAL_START_ATTEMPTS):
-        try:
-            ray.init(address=address, include_dashboard=False if address is None else None,
-                     logging_level=logging.WARNING)
-            return True
-        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
-            where = f"--address {address}" if address else "a local Ray runtime"
-            raise InputError(f"cannot start or reach {where} ({_first_line(error)}); check the address and "
-                             "RAY_AUTH_TOKEN, or leave --address out to run locally") from None
-        except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception when its raylet starts too slowly
-            if "timed out during startup" not in str(error):
-                raise
-            ray.shutdown()
-    raise InputError(f"Ray's local runtime did not start in time ({LOCAL_START_ATTEMPTS} tries); the machine may be "
-                     "overloaded: retry, or run `ray start --head` and pass --address auto")
-
-
 def _resources(config: BenchmarkConfig) -> tuple[float, str]:
     """(GPUs per run, the device each run uses), from the flags and what the Ray cluster has."""
     import ray
@@ -302,7 +244,7 @@ def run_benchmark(config: BenchmarkConfig, echo: Callable[[str], None] = print) 
 
     config = _checked(config)
     if config.address is not None:
-        _check_address(config.address)
+        check_address(config.address)
     uri = resolve_tracking_uri(config.tracking_uri)
     check_tracking_uri(uri)
     # Resolved here so every Ray worker (which may not share this process's environment) reads the same folder.
@@ -317,7 +259,7 @@ def run_benchmark(config: BenchmarkConfig, echo: Callable[[str], None] = print) 
          f"logging to {redact_uri(uri)}")
     if not todo:
         return outcome
-    started = _start_ray(config.address)
+    started = connect(config.address)
     try:
         gpus, device = _resources(config)
         echo(f"each run reserves {gpus:g} GPU and {config.cpus_per_run:g} CPU and trains on {device}")

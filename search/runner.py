@@ -179,7 +179,7 @@ def run_search(config: SearchConfig) -> SearchOutcome:
     space = _load_space(config)
     _, sha256 = ensure_file(dataset, config.data_dir)
 
-    from search import ray_session
+    from benchmarks import ray_session
 
     started_ray = ray_session.connect(config.address)
     try:

@@ -3,7 +3,6 @@ and resume from the last checkpoint when Ray restarts the trial after a failure 
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,15 +79,11 @@ def resolve_trial(setup: TrialSetup, proposed: ProposedConfig) -> ResolvedTrial:
 
     Raises InputError when the proposal plus the recipe is not a valid model config (the trial would fail alike).
     """
-    from benchmarks.engine import resolve_experiment
-    from benchmarks.models import model_config
+    from benchmarks.engine import resolve_experiment, run_data_config, run_model_config
 
     spec = resolve_experiment(setup.spec(proposed))
-    config = model_config(spec.model, spec.seq_len, spec.pred_len, setup.enc_in, spec.model_overrides)
-    # The same fields as benchmarks.engine writes into config.yaml and logs as data.* params.
-    data_config = {"dataset": spec.dataset, "features": spec.features, "target": spec.target,
-                   "seq_len": spec.seq_len, "pred_len": spec.pred_len, "sha256": setup.sha256}
-    return ResolvedTrial(spec, json.loads(json.dumps(asdict(config), default=str)), asdict(spec.train), data_config)
+    return ResolvedTrial(spec, run_model_config(spec, setup.enc_in), asdict(spec.train),
+                         run_data_config(spec, setup.sha256))
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:

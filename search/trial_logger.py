@@ -75,7 +75,11 @@ class TrialLogger(Callback):
 
 def error_line(trial: Trial) -> str:
     """The first line of what made the trial fail, e.g. `NonFiniteLossError: mixmamba on ETTh1 diverged ...`."""
-    error = trial.get_pickled_error()
+    try:
+        error = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - an unreadable error.pkl must not end the search; the text log says the same
+        # Seen with Ray 2.60 after retries in reused actors: error.pkl found but empty (EOFError).
+        error = None
     cause = getattr(error, "cause", None) or error
     if isinstance(cause, BaseException):
         text = str(cause).strip().splitlines()

@@ -65,7 +65,7 @@ def test_mixbench_ui_listens_on_loopback_only(tmp_path: Path) -> None:
 
 
 def test_a_local_ray_runtime_starts_no_dashboard() -> None:
-    script = ("from search.ray_session import connect; import ray; connect(None); "
+    script = ("from benchmarks.ray_session import connect; import ray; connect(None); "
               "print(ray.get_runtime_context().get_node_id()); ray.shutdown()")
     before = listening(8265)
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True,

@@ -1,5 +1,5 @@
-"""The Ray runtime a search runs on: a fresh local one, or an existing cluster at `--address`, checked up front so a
-wrong address fails in seconds with one line instead of Ray's minutes of retries.
+"""The Ray runtime a search or benchmark runs on: a fresh local one, or an existing cluster at `--address`, checked
+up front so a wrong address fails in seconds with one line instead of Ray's minutes of retries.
 """
 from __future__ import annotations
 

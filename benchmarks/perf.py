@@ -264,6 +264,12 @@ class CompileCounter:
         return built
 
 
+def rotation(data: ForecastData, batch_size: int, seed: int) -> list[WindowBatch]:
+    """The ROTATION shuffled training batches (seeded) that timed steps cycle through."""
+    generator = torch.Generator().manual_seed(seed)
+    return list(itertools.islice(data.train.iter_batches(batch_size, shuffle=True, generator=generator), ROTATION))
+
+
 def time_steps(step: Callable[[WindowBatch], torch.Tensor], batches: list[WindowBatch], count: int,
                device: torch.device) -> dict[str, Any]:
     """Per-step times of `count` steps cycling through `batches`: CUDA events around each step on a GPU (host clock
@@ -327,6 +333,7 @@ def measure_variant(config_name: str, variant_name: str, backend: str | None, da
     train = spec.train
     batch_size = train.batch_size
     generator = torch.Generator().manual_seed(spec.seed)
+    # The epoch below goes on drawing from this generator, so the rotation is taken from it here.
     batches = list(itertools.islice(data.train.iter_batches(batch_size, shuffle=True, generator=generator), ROTATION))
     floor = step_floor(model, batches[0], train, variant.bf16)
     forward = torch.compile(model, mode=variant.compile_mode, dynamic=False) if variant.compile_mode else model
@@ -394,9 +401,7 @@ def measure_expert_loop(data: ForecastData, device: torch.device, settings: Sett
         block.scan_backend = "reference"
     train = spec.train
     step = TrainStep(model, make_optimizer(model, train, device), train.loss, slice(None), train.batch_size)
-    generator = torch.Generator().manual_seed(spec.seed)
-    batches = list(itertools.islice(data.train.iter_batches(train.batch_size, shuffle=True, generator=generator),
-                                    ROTATION))
+    batches = rotation(data, train.batch_size, spec.seed)
     for batch in batches[:3]:
         step(batch)
     synchronize(device)
@@ -420,9 +425,7 @@ def profile_step(config_name: str, variant_name: str, backend: str | None, data:
     train = spec.train
     step = TrainStep(model, make_optimizer(model, train, device), train.loss, slice(None), train.batch_size,
                      bf16=variant.bf16)
-    generator = torch.Generator().manual_seed(spec.seed)
-    batches = list(itertools.islice(data.train.iter_batches(train.batch_size, shuffle=True, generator=generator),
-                                    ROTATION))
+    batches = rotation(data, train.batch_size, spec.seed)
     for batch in batches[:3]:
         step(batch)
     synchronize(device)

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("type1", "cosine", "constant")
 LOSSES = ("mse", "mae")
+VAL_METRICS = ("loss", "mse", "mae")
 FEATURES = ("M", "S", "MS")
 FORECAST_WINDOWS = 3
 # torch.compile mode for TrainConfig.compile. Not "reduce-overhead": the engine captures the whole step (optimiser
@@ -50,6 +51,8 @@ class TrainConfig:
       "cosine" follows lr/2 * (1 + cos(pi * epoch / epochs)), "constant" keeps it.
     loss: the forecast loss ("mse" or "mae"); the model's auxiliary loss is always added to it in training,
       validation (early stopping) uses the forecast loss alone, as TSLib's vali().
+    val_metric: what validation loss means for early stopping, the kept checkpoint and a search's ranking: "loss"
+      (the forecast loss, TSLib), "mse" or "mae". Fixing it lets runs trained with different losses be compared.
     bf16: bfloat16 autocast for the forward passes; the loss, optimiser and weights stay float32.
     compile: torch.compile the model (mode COMPILE_MODE, static shapes): one compilation for training and one for
       evaluation; each pass's last, partial batch runs uncompiled instead of triggering a recompilation.
@@ -65,6 +68,7 @@ class TrainConfig:
     lradj: str = "type1"
     patience: int = 3
     loss: str = "mse"
+    val_metric: str = "loss"
     bf16: bool = False
     compile: bool = False
     limit_train_batches: int | None = None
@@ -101,7 +105,9 @@ class EpochReport:
 
     epoch: int
     train_loss: float
-    val_loss: float
+    val_loss: float  # the watched metric (TrainConfig.val_metric)
+    val_mse: float
+    val_mae: float
     best_val_loss: float
     learning_rate: float
     seconds: float
@@ -114,7 +120,7 @@ class ExperimentResult:
     """A finished experiment: resolved configs, early-stopping outcome, test metrics and per-epoch history.
 
     test_mse / test_mae are on the normalised scale over every test window (or the first limit_eval_batches).
-    history rows hold `epoch`, `train_loss`, `val_loss`, `lr`, `epoch_seconds`, `samples_per_s`.
+    history rows hold `epoch`, `train_loss`, `val_loss`, `val_mse`, `val_mae`, `lr`, `epoch_seconds`, `samples_per_s`.
     """
 
     spec: ExperimentSpec
@@ -292,7 +298,8 @@ class _Training:
             with _naming_out_of_memory(self.spec, self.device, f"epoch {epoch} (validation)"):
                 val_mse, val_mae, _ = _evaluate(self.forward, self.data.val, self.target, self.config.batch_size,
                                                 self.config.limit_eval_batches, self.config.bf16)
-            val_loss = val_mse if self.config.loss == "mse" else val_mae
+            watched = self.config.loss if self.config.val_metric == "loss" else self.config.val_metric
+            val_loss = val_mse if watched == "mse" else val_mae
             seconds = time.perf_counter() - start
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 raise NonFiniteLossError(
@@ -310,7 +317,8 @@ class _Training:
             self.epoch = epoch
             if not self.stopped:
                 self._set_learning_rate(scheduled_learning_rate(self.config, epoch))
-            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": used_learning_rate,
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_mse": val_mse,
+                   "val_mae": val_mae, "lr": used_learning_rate,
                    "epoch_seconds": seconds, "samples_per_s": samples / train_seconds}
             self.history.append(row)
             if live is not None:
@@ -318,7 +326,8 @@ class _Training:
             if on_epoch is not None:
                 on_epoch(EpochReport(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
                                      best_val_loss=self.best_val_loss, learning_rate=used_learning_rate,
-                                     seconds=seconds, samples_per_s=row["samples_per_s"], state=self.state))
+                                     seconds=seconds, samples_per_s=row["samples_per_s"], state=self.state,
+                                     val_mse=val_mse, val_mae=val_mae))
 
     def _train_one_epoch(self, epoch: int, on_batch: Callable[[int, int, int], None] | None) -> tuple[float, int]:
         """One pass over the shuffled training windows; (mean batch loss incl. aux loss, windows seen)."""
@@ -673,7 +682,7 @@ def check_train_value(name: str, value: Any) -> Any:
             if not isinstance(value, bool):
                 raise ValueError
             return value
-        choices = {"optimizer": OPTIMIZERS, "lradj": SCHEDULES, "loss": LOSSES}[name]
+        choices = {"optimizer": OPTIMIZERS, "lradj": SCHEDULES, "loss": LOSSES, "val_metric": VAL_METRICS}[name]
         if value not in choices:
             raise ValueError
         return value
@@ -683,7 +692,7 @@ def check_train_value(name: str, value: Any) -> Any:
             "limit_train_batches": "a positive integer or null", "limit_eval_batches": "a positive integer or null",
             "learning_rate": "a positive number", "weight_decay": "a number >= 0", "bf16": "true or false",
             "compile": "true or false", "optimizer": " or ".join(OPTIMIZERS), "lradj": " or ".join(SCHEDULES),
-            "loss": " or ".join(LOSSES),
+            "loss": " or ".join(LOSSES), "val_metric": " or ".join(VAL_METRICS),
         }[name]
         raise InputError(f"train.{name}={value!r} is invalid; set it to {expected}") from None
 

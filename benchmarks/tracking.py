@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from benchmarks.engine import ExperimentResult, ExperimentSpec
 
 RUN_KINDS = ("train", "trial", "search", "benchmark", "refit")
-EPOCH_METRICS = ("train_loss", "val_loss", "lr", "epoch_seconds", "samples_per_s")
+EPOCH_METRICS = ("train_loss", "val_loss", "val_mse", "val_mae", "lr", "epoch_seconds", "samples_per_s")
 FINAL_METRICS = ("best_val_loss", "best_epoch", "epochs_run", "test_mse", "test_mae")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,13 +204,13 @@ class TrackedRun:
 def start_run(tracking: TrackingConfig, spec: ExperimentSpec, model_config: Mapping[str, Any],
               train_config: Mapping[str, Any], data_config: Mapping[str, Any]) -> TrackedRun:
     """Create the run (status RUNNING) in `tracking.experiment` with all its tags and params."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
 
     if tracking.kind not in RUN_KINDS:
         raise InputError(f"tracking kind {tracking.kind!r} is unknown; use one of {', '.join(RUN_KINDS)}")
     uri = resolve_tracking_uri(tracking.uri)
     check_tracking_uri(uri)
-    client = _client(uri)
+    client = tracking_client(uri)
     experiment_id = get_or_create_experiment(client, tracking.experiment, uri)
     run_name = tracking.run_name or f"{spec.model}-{spec.dataset}-{spec.pred_len}-s{spec.seed}"
     tags = run_tags(spec, model_config, train_config, tracking)
@@ -233,15 +233,17 @@ def log_experiment(result: ExperimentResult, tracking: TrackingConfig) -> str:
     return run.run_id
 
 
-def _client(uri: str) -> MlflowClient:
+def tracking_client(uri: str) -> MlflowClient:
+    """An MlflowClient for `uri`; every command opens its store through this, so a fresh SQLite store is created once."""
     from mlflow import MlflowClient
 
     if not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
     database = Path(uri[len("sqlite:///"):])
     database.parent.mkdir(parents=True, exist_ok=True)
-    # A client creates and migrates a SQLite store's tables; two processes doing it at once (two `mixbench train`
-    # in one folder) fail with "duplicate column" errors, so clients of one store are made one at a time.
+    # A client creates and migrates a SQLite store's tables; processes doing it at once (two `mixbench train` in one
+    # folder, eight searches started together on a fresh store) fail with "duplicate column", "no such index" or
+    # alembic errors, so clients of one store are made one at a time.
     with open(database.with_name(database.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return MlflowClient(tracking_uri=uri)

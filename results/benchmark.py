@@ -163,11 +163,11 @@ def plan_cells(config: BenchmarkConfig, entries: list[ConfigEntry], data_dir: st
 
 def complete_cells(tracking_uri: str, experiment: str, suite: str) -> set[tuple[str, str, int, int, str]]:
     """Keys of the suite's complete runs (FINISHED with test_mse) already in MLflow."""
-    from mlflow.tracking import MlflowClient
+    from benchmarks.tracking import tracking_client
 
     from results.runs import search_benchmark_runs
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return set()

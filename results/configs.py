@@ -93,9 +93,9 @@ def best_search_configs(tracking_uri: str, experiment: str, cells: list[tuple[st
 
     Raises InputError naming the first cell that no finished search covers.
     """
-    from mlflow.tracking import MlflowClient
+    from benchmarks.tracking import tracking_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     entries = []
     for dataset, model, pred_len in cells:

@@ -24,9 +24,9 @@ _PARENT_TAG, _NAME_TAG = "mlflow.parentRunId", "mlflow.runName"
 def export_rows(tracking_uri: str, experiment: str, suite: str) -> list[dict[str, str]]:
     """Rows of every run of `suite` (any status) and of every search, trial and refit of the suite's
     (dataset, model, pred_len) cells, sorted by kind, dataset, model, horizon, seed and start time."""
-    from mlflow.tracking import MlflowClient
+    from benchmarks.tracking import tracking_client
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise InputError(f"no experiment '{experiment}' at {tracking_uri}; pass the right --experiment/--tracking-uri")

@@ -6,7 +6,8 @@
 #   MIXBENCH_DATA_DIR=../shared/data bash results/reproduce.sh all
 #
 # Knobs (environment): WORK (store and Ray folders, default ./reproduce), DATASETS, HORIZONS, SUITE, SEEDS,
-# GPU_SHARE (per run/trial, default 0.125), SEARCH_TRIALS, SEARCH_EPOCHS, SEARCH_BUDGET_S, SEARCHES_PER_GPU, MIXBENCH (the command).
+# GPU_SHARE (per run/trial, default 0.125), SEARCH_TRIALS, SEARCH_EPOCHS, SEARCH_BUDGET_S, SEARCHES_PER_GPU,
+# CPUS_PER_TRIAL, MIXBENCH (the command).
 set -uo pipefail
 
 step=${1:-all}
@@ -16,9 +17,11 @@ HORIZONS=${HORIZONS:-96,192,336,720}
 SUITE=${SUITE:-paper}
 SEEDS=${SEEDS:-3}
 SEARCH_TRIALS=${SEARCH_TRIALS:-64}
-SEARCH_EPOCHS=${SEARCH_EPOCHS:-6}
+# The refit trains with the recipe's 10 epochs; trials get as many, so a cosine schedule means the same in both.
+SEARCH_EPOCHS=${SEARCH_EPOCHS:-10}
 SEARCH_BUDGET_S=${SEARCH_BUDGET_S:-300}
 SEARCHES_PER_GPU=${SEARCHES_PER_GPU:-2}
+CPUS_PER_TRIAL=${CPUS_PER_TRIAL:-2}
 read -r -a MIXBENCH <<<"${MIXBENCH:-mixbench}"
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///$WORK/mlflow.db}
 mkdir -p "$WORK/logs"
@@ -53,7 +56,7 @@ search() {
             fi
             "${device[@]}" "${MIXBENCH[@]}" search --dataset "$dataset" --model mixmamba --pred-len "$horizon" \
                 --trials "$SEARCH_TRIALS" --epochs "$SEARCH_EPOCHS" --time-budget "$SEARCH_BUDGET_S" \
-                --gpus-per-trial "$GPU_SHARE" --cpus-per-trial 2 --name "$name" --storage-path "$WORK/ray" \
+                --gpus-per-trial "$GPU_SHARE" --cpus-per-trial "$CPUS_PER_TRIAL" --name "$name" --storage-path "$WORK/ray" \
                 "${resume[@]}" >"$WORK/logs/$name.log" 2>&1 &
             pids+=($!)
             index=$((index + 1))

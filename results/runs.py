@@ -110,7 +110,7 @@ def load_benchmark_records(
 
 
 def _store_records(tracking_uri: str, experiment: str) -> list[BenchmarkRecord]:
-    from mlflow.tracking import MlflowClient
+    from benchmarks.tracking import tracking_client
 
     # Opening a missing SQLite path would create an empty store; say what is wrong instead.
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
@@ -118,7 +118,7 @@ def _store_records(tracking_uri: str, experiment: str) -> list[BenchmarkRecord]:
             f"no MLflow store at {tracking_uri[len('sqlite:///'):]}; run `mixbench benchmark` first or pass "
             "--tracking-uri (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
         )
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = tracking_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     runs = search_benchmark_runs(client, found.experiment_id) if found is not None else []
     records = [record for record in map(record_from_run, runs) if record is not None]

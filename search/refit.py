@@ -49,12 +49,10 @@ def refit(setup: TrialSetup, proposed: ProposedConfig, seeds: list[int], trackin
     With a local store the driver logs each result (it owns the store); with an http(s) server each task logs itself.
     """
     import ray
-    from mlflow import MlflowClient
-
-    from benchmarks.tracking import log_experiment, resolve_tracking_uri
+    from benchmarks.tracking import log_experiment, resolve_tracking_uri, tracking_client
 
     uri = resolve_tracking_uri(tracking.uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = tracking_client(uri)
     experiment_id = client.get_experiment_by_name(tracking.experiment).experiment_id
     filter_string = (f"tags.`mlflow.parentRunId` = '{tracking.parent_run_id}' and tags.`mixbench.kind` = "
                      f"'{REFIT_KIND}' and attributes.status = 'FINISHED'")

@@ -8,7 +8,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.tracking import FINAL_METRICS, TrackedRun, TrackingConfig, resolve_tracking_uri, start_run
+from benchmarks.tracking import (
+    FINAL_METRICS,
+    TrackedRun,
+    TrackingConfig,
+    resolve_tracking_uri,
+    start_run,
+    tracking_client,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -60,10 +67,8 @@ class TrialRuns:
     """
 
     def __init__(self, tracking: TrackingConfig) -> None:
-        from mlflow import MlflowClient
-
         self.tracking = dataclasses.replace(tracking, uri=resolve_tracking_uri(tracking.uri), kind="trial")
-        self.client: MlflowClient = MlflowClient(tracking_uri=self.tracking.uri)
+        self.client: MlflowClient = tracking_client(self.tracking.uri)
         experiment = self.client.get_experiment_by_name(self.tracking.experiment)
         if experiment is None:
             raise RuntimeError(f"MLflow experiment {self.tracking.experiment!r} vanished from {self.tracking.uri}")

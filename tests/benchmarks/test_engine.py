@@ -125,6 +125,21 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(share
     assert not all(torch.equal(saved[name], last[name]) for name in saved)
 
 
+@pytest.mark.parametrize(("loss", "val_metric", "watched"), [
+    ("mae", "loss", "val_mae"), ("mse", "loss", "val_mse"), ("mae", "mse", "val_mse"), ("mse", "mae", "val_mae")])
+def test_val_metric_chooses_what_early_stopping_and_the_kept_checkpoint_watch(loss, val_metric, watched,
+                                                                              shared_data_dir, tmp_path):
+    spec = tiny_spec(shared_data_dir, epochs=6, patience=2, learning_rate=0.5, lradj="constant", loss=loss,
+                     val_metric=val_metric)
+    result = run_experiment(spec, artifact_dir=tmp_path)
+
+    assert result.train_config["val_metric"] == val_metric
+    assert [row["val_loss"] for row in result.history] == [row[watched] for row in result.history]
+    assert all(row["val_mse"] != row["val_mae"] for row in result.history)
+    assert result.best_val_loss == min(row[watched] for row in result.history)
+    assert result.best_epoch == int(np.argmin([row[watched] for row in result.history])) + 1
+
+
 def test_type1_halves_the_rate_after_each_epoch_from_the_second(shared_data_dir, tmp_path):
     spec = tiny_spec(shared_data_dir, epochs=4, patience=10, learning_rate=1e-3, lradj="type1", limit_train_batches=1,
                      limit_eval_batches=1)
@@ -238,7 +253,8 @@ def test_resolve_fills_the_recipe_and_overrides_win(shared_data_dir):
 
 
 @pytest.mark.parametrize("setting", [{"optimizer": "sgd"}, {"epochs": 0}, {"learning_rate": "fast"},
-                                     {"batch_size": 2.5}, {"lradj": "type9"}, {"warmup": 3}])
+                                     {"batch_size": 2.5}, {"lradj": "type9"}, {"warmup": 3},
+                                     {"val_metric": "rmse"}])
 def test_bad_training_settings_raise_input_error(setting):
     with pytest.raises(InputError, match=f"{next(iter(setting))}"):
         resolve_experiment(ExperimentSpec(dataset="ETTh1", model="dlinear", train_overrides=setting))

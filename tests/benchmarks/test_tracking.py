@@ -119,7 +119,7 @@ def test_a_run_carries_the_documented_tags_params_metrics_and_artifacts(logged):
         "dataset": "ETTh1", "features": "M", "target": "OT", "seq_len": "48", "pred_len": "24"}
     assert len(params["data.sha256"]) == 64
     assert params["seed"] == "3" and params["code_version"]
-    for name in ("train_loss", "val_loss", "lr", "epoch_seconds", "samples_per_s"):
+    for name in ("train_loss", "val_loss", "val_mse", "val_mae", "lr", "epoch_seconds", "samples_per_s"):
         assert [step for step, _ in content["metrics"][name]] == [1, 2]
         assert [value for _, value in content["metrics"][name]] == pytest.approx(
             [row[name] for row in result.history])

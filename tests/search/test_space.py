@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from benchmarks.engine import ExperimentSpec, resolve_experiment
 from benchmarks.errors import InputError
 from benchmarks.models import MODEL_NAMES, model_config
 from search.space import default_space_path, load_space
@@ -32,9 +33,15 @@ def test_shipped_spaces_propose_valid_model_configs(model: str) -> None:
     assert not space.searches_seq_len
     for proposed in proposals(space, 60):
         config = model_config(model, 96, 96, 7, proposed.model)  # raises InputError for an invalid combination
-        assert set(proposed.train) == {"learning_rate", "batch_size"}
+        resolve_experiment(ExperimentSpec(dataset="ETTh1", model=model, train_overrides=proposed.train))
         if model == "mixmamba":
             assert 2 <= config.top_k <= config.num_experts
+            # Trials trained with different losses stay comparable: all are ranked on validation MSE.
+            assert set(proposed.train) == {"val_metric", "loss", "lradj", "learning_rate", "weight_decay",
+                                           "batch_size"} and proposed.train["val_metric"] == "mse"
+            assert config.n_layers == 1 or config.variant == "paper"
+        else:
+            assert set(proposed.train) == {"learning_rate", "batch_size"}
         if hasattr(config, "stride") and "stride" in proposed.model:
             assert config.stride <= config.patch_len
         if hasattr(config, "n_heads"):

@@ -318,16 +318,16 @@ class _Training:
             if not self.stopped:
                 self._set_learning_rate(scheduled_learning_rate(self.config, epoch))
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_mse": val_mse,
-                   "val_mae": val_mae, "lr": used_learning_rate,
-                   "epoch_seconds": seconds, "samples_per_s": samples / train_seconds}
+                   "val_mae": val_mae, "lr": used_learning_rate, "epoch_seconds": seconds,
+                   "samples_per_s": samples / train_seconds}
             self.history.append(row)
             if live is not None:
                 live.log_epochs([row])
             if on_epoch is not None:
-                on_epoch(EpochReport(epoch=epoch, train_loss=train_loss, val_loss=val_loss,
-                                     best_val_loss=self.best_val_loss, learning_rate=used_learning_rate,
-                                     seconds=seconds, samples_per_s=row["samples_per_s"], state=self.state,
-                                     val_mse=val_mse, val_mae=val_mae))
+                on_epoch(EpochReport(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_mse=val_mse,
+                                     val_mae=val_mae, best_val_loss=self.best_val_loss,
+                                     learning_rate=used_learning_rate, seconds=seconds,
+                                     samples_per_s=row["samples_per_s"], state=self.state))
 
     def _train_one_epoch(self, epoch: int, on_batch: Callable[[int, int, int], None] | None) -> tuple[float, int]:
         """One pass over the shuffled training windows; (mean batch loss incl. aux loss, windows seen)."""

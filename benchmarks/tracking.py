@@ -234,7 +234,8 @@ def log_experiment(result: ExperimentResult, tracking: TrackingConfig) -> str:
 
 
 def tracking_client(uri: str) -> MlflowClient:
-    """An MlflowClient for `uri`; every command opens its store through this, so a fresh SQLite store is created once."""
+    """An MlflowClient for `uri`. Every command opens its store through this, so a fresh SQLite store is created
+    once."""
     from mlflow import MlflowClient
 
     if not uri.startswith("sqlite:///"):

@@ -56,8 +56,8 @@ search() {
             fi
             "${device[@]}" "${MIXBENCH[@]}" search --dataset "$dataset" --model mixmamba --pred-len "$horizon" \
                 --trials "$SEARCH_TRIALS" --epochs "$SEARCH_EPOCHS" --time-budget "$SEARCH_BUDGET_S" \
-                --gpus-per-trial "$GPU_SHARE" --cpus-per-trial "$CPUS_PER_TRIAL" --name "$name" --storage-path "$WORK/ray" \
-                "${resume[@]}" >"$WORK/logs/$name.log" 2>&1 &
+                --gpus-per-trial "$GPU_SHARE" --cpus-per-trial "$CPUS_PER_TRIAL" --name "$name" \
+                --storage-path "$WORK/ray" "${resume[@]}" >"$WORK/logs/$name.log" 2>&1 &
             pids+=($!)
             index=$((index + 1))
             # Every GPU holds SEARCHES_PER_GPU searches: wait for this wave before starting the next.

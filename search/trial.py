@@ -176,5 +176,5 @@ class EpochReporter:
 def epoch_row(report: EpochReport) -> dict[str, float]:
     """What each epoch reports: the search metric (best so far), this epoch's losses, learning rate and speed."""
     return {"epoch": report.epoch, SEARCH_METRIC: report.best_val_loss, "val_loss": report.val_loss,
-            "val_mse": report.val_mse, "val_mae": report.val_mae, "train_loss": report.train_loss, "lr": report.learning_rate, "epoch_seconds": report.seconds,
-            "samples_per_s": report.samples_per_s}
+            "val_mse": report.val_mse, "val_mae": report.val_mae, "train_loss": report.train_loss,
+            "lr": report.learning_rate, "epoch_seconds": report.seconds, "samples_per_s": report.samples_per_s}

@@ -6,8 +6,8 @@
 #   MIXBENCH_DATA_DIR=../shared/data bash results/reproduce.sh all
 #
 # Knobs (environment): WORK (store and Ray folders, default ./reproduce), DATASETS, HORIZONS, SUITE, SEEDS,
-# GPU_SHARE (per run/trial, default 0.125), SEARCH_TRIALS, SEARCH_EPOCHS, SEARCH_BUDGET_S, SEARCHES_PER_GPU,
-# CPUS_PER_TRIAL, MIXBENCH (the command).
+# GPU_SHARE (per run/trial, default 0.125), SEARCH_SPACE, SEARCH_TRIALS, SEARCH_EPOCHS, SEARCH_BUDGET_S,
+# SEARCHES_PER_GPU, CPUS_PER_TRIAL, MIXBENCH (the command).
 set -uo pipefail
 
 step=${1:-all}
@@ -16,6 +16,7 @@ DATASETS=${DATASETS:-weather,ETTh1}
 HORIZONS=${HORIZONS:-96,192,336,720}
 SUITE=${SUITE:-paper}
 SEEDS=${SEEDS:-3}
+SEARCH_SPACE=${SEARCH_SPACE:-$(cd "$(dirname "$0")/.." && pwd)/search/spaces/mixmamba-wide.yaml}
 SEARCH_TRIALS=${SEARCH_TRIALS:-64}
 # The refit trains with the recipe's 10 epochs; trials get as many, so a cosine schedule means the same in both.
 SEARCH_EPOCHS=${SEARCH_EPOCHS:-10}
@@ -41,8 +42,8 @@ grid() {
         --gpus-per-run "$GPU_SHARE" 2>&1 | tee -a "$WORK/logs/grid.log"
 }
 
-# One search per (dataset, horizon), SEARCHES_PER_GPU of them pinned to each GPU at once, MixMamba's space, selection
-# on validation loss only.
+# One search per (dataset, horizon), SEARCHES_PER_GPU of them pinned to each GPU at once, SEARCH_SPACE (MixMamba's wide
+# space: trials train with MAE or MSE and are ranked on validation MSE), selection on validation only.
 search() {
     local gpus=($(gpu_ids)) slots=() pids=() index=0 dataset horizon
     for dataset in ${DATASETS//,/ }; do
@@ -55,9 +56,9 @@ search() {
                 device=(env CUDA_VISIBLE_DEVICES=${gpus[$(((index / SEARCHES_PER_GPU) % ${#gpus[@]}))]})
             fi
             "${device[@]}" "${MIXBENCH[@]}" search --dataset "$dataset" --model mixmamba --pred-len "$horizon" \
-                --trials "$SEARCH_TRIALS" --epochs "$SEARCH_EPOCHS" --time-budget "$SEARCH_BUDGET_S" \
-                --gpus-per-trial "$GPU_SHARE" --cpus-per-trial "$CPUS_PER_TRIAL" --name "$name" \
-                --storage-path "$WORK/ray" "${resume[@]}" >"$WORK/logs/$name.log" 2>&1 &
+                --space "$SEARCH_SPACE" --trials "$SEARCH_TRIALS" --epochs "$SEARCH_EPOCHS" \
+                --time-budget "$SEARCH_BUDGET_S" --gpus-per-trial "$GPU_SHARE" --cpus-per-trial "$CPUS_PER_TRIAL" \
+                --name "$name" --storage-path "$WORK/ray" "${resume[@]}" >"$WORK/logs/$name.log" 2>&1 &
             pids+=($!)
             index=$((index + 1))
             # Every GPU holds SEARCHES_PER_GPU searches: wait for this wave before starting the next.

@@ -11,7 +11,7 @@ import pytest
 from benchmarks.engine import ExperimentSpec, resolve_experiment
 from benchmarks.errors import InputError
 from benchmarks.models import MODEL_NAMES, model_config
-from search.space import default_space_path, load_space
+from search.space import SPACES_DIR, default_space_path, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -33,19 +33,29 @@ def test_shipped_spaces_propose_valid_model_configs(model: str) -> None:
     assert not space.searches_seq_len
     for proposed in proposals(space, 60):
         config = model_config(model, 96, 96, 7, proposed.model)  # raises InputError for an invalid combination
-        resolve_experiment(ExperimentSpec(dataset="ETTh1", model=model, train_overrides=proposed.train))
+        assert set(proposed.train) == {"learning_rate", "batch_size"}
         if model == "mixmamba":
             assert 2 <= config.top_k <= config.num_experts
-            # Trials trained with different losses stay comparable: all are ranked on validation MSE.
-            assert set(proposed.train) == {"val_metric", "loss", "lradj", "learning_rate", "weight_decay",
-                                           "batch_size"} and proposed.train["val_metric"] == "mse"
-            assert config.n_layers == 1 or config.variant == "paper"
-        else:
-            assert set(proposed.train) == {"learning_rate", "batch_size"}
         if hasattr(config, "stride") and "stride" in proposed.model:
             assert config.stride <= config.patch_len
         if hasattr(config, "n_heads"):
             assert config.d_model % config.n_heads == 0
+
+
+def test_the_wide_mixmamba_space_ranks_every_loss_on_validation_mse() -> None:
+    space = load_space(SPACES_DIR / "mixmamba-wide.yaml", "mixmamba")
+    found = proposals(space, 60)
+    for proposed in found:
+        config = model_config("mixmamba", 96, 96, 7, proposed.model)
+        train = resolve_experiment(ExperimentSpec(dataset="ETTh1", model="mixmamba",
+                                                  train_overrides=proposed.train)).train
+        # Trials trained with different losses stay comparable: all are ranked on validation MSE.
+        assert train.val_metric == "mse"
+        assert set(proposed.train) == {"val_metric", "loss", "lradj", "learning_rate", "weight_decay", "batch_size"}
+        assert 2 <= config.top_k <= config.num_experts and config.stride <= config.patch_len
+        assert config.n_layers == 1 or config.variant == "paper"
+    assert {proposed.train["loss"] for proposed in found} == {"mae", "mse"}
+    assert {proposed.train["lradj"] for proposed in found} == {"type1", "cosine", "constant"}
 
 
 def test_mixmamba_space_conditions_and_dependent_bounds() -> None:

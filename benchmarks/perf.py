@@ -264,9 +264,8 @@ class CompileCounter:
         return built
 
 
-def rotation(data: ForecastData, batch_size: int, seed: int) -> list[WindowBatch]:
-    """The ROTATION shuffled training batches (seeded) that timed steps cycle through."""
-    generator = torch.Generator().manual_seed(seed)
+def rotation(data: ForecastData, batch_size: int, generator: torch.Generator) -> list[WindowBatch]:
+    """The ROTATION shuffled training batches that timed steps cycle through, drawn from `generator`."""
     return list(itertools.islice(data.train.iter_batches(batch_size, shuffle=True, generator=generator), ROTATION))
 
 
@@ -333,8 +332,8 @@ def measure_variant(config_name: str, variant_name: str, backend: str | None, da
     train = spec.train
     batch_size = train.batch_size
     generator = torch.Generator().manual_seed(spec.seed)
-    # The epoch below goes on drawing from this generator, so the rotation is taken from it here.
-    batches = list(itertools.islice(data.train.iter_batches(batch_size, shuffle=True, generator=generator), ROTATION))
+    # The epoch below goes on drawing from this generator.
+    batches = rotation(data, batch_size, generator)
     floor = step_floor(model, batches[0], train, variant.bf16)
     forward = torch.compile(model, mode=variant.compile_mode, dynamic=False) if variant.compile_mode else model
     step = TrainStep(model, make_optimizer(model, train, device), train.loss, slice(None), batch_size,
@@ -401,7 +400,7 @@ def measure_expert_loop(data: ForecastData, device: torch.device, settings: Sett
         block.scan_backend = "reference"
     train = spec.train
     step = TrainStep(model, make_optimizer(model, train, device), train.loss, slice(None), train.batch_size)
-    batches = rotation(data, train.batch_size, spec.seed)
+    batches = rotation(data, train.batch_size, torch.Generator().manual_seed(spec.seed))
     for batch in batches[:3]:
         step(batch)
     synchronize(device)
@@ -425,7 +424,7 @@ def profile_step(config_name: str, variant_name: str, backend: str | None, data:
     train = spec.train
     step = TrainStep(model, make_optimizer(model, train, device), train.loss, slice(None), train.batch_size,
                      bf16=variant.bf16)
-    batches = rotation(data, train.batch_size, spec.seed)
+    batches = rotation(data, train.batch_size, torch.Generator().manual_seed(spec.seed))
     for batch in batches[:3]:
         step(batch)
     synchronize(device)

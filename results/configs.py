@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from benchmarks.errors import InputError
+from results.runs import model_label
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -149,6 +150,4 @@ def _entry_from_search(client: MlflowClient, run: Run, dataset: str, model: str,
 
 def _searched_label(model: str) -> str:
     """The table column of a searched config, kept apart from the recipe's ("MixMamba (searched)")."""
-    from results.runs import model_label
-
     return f"{model_label(model)} (searched)"

@@ -39,9 +39,10 @@ def export_rows(tracking_uri: str, experiment: str, suite: str) -> list[dict[str
     cells = {_cell(run) for run in benchmark}
     searches = [run for run in search_all_runs(client, found.experiment_id, "tags.`mixbench.kind` = 'search'")
                 if _cell(run) in cells]
-    children = [run for search in searches for kind in SEARCH_KINDS[1:] for run in search_all_runs(
-        client, found.experiment_id,
-        f"tags.`mlflow.parentRunId` = '{search.info.run_id}' and tags.`mixbench.kind` = '{kind}'")]
+    children = [run for search in searches
+                for run in search_all_runs(client, found.experiment_id,
+                                           f"tags.`mlflow.parentRunId` = '{search.info.run_id}'")
+                if run.data.tags.get("mixbench.kind") in SEARCH_KINDS[1:]]
     runs = sorted(benchmark + searches + children, key=_order)
     return [_row(run) for run in runs]
 

@@ -7,7 +7,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.tracking import code_version, protocol_tag, resolve_tracking_uri, tracking_client
+from benchmarks.tracking import (
+    code_version,
+    get_or_create_experiment,
+    protocol_tag,
+    resolve_tracking_uri,
+    tracking_client,
+)
 from search.trial import FEATURES
 
 if TYPE_CHECKING:
@@ -29,27 +35,25 @@ def param_text(value: Any) -> str:
 class ParentRun:
     """The search's parent run in the MLflow store at `uri`, experiment `experiment`."""
 
-    def __init__(self, uri: str, experiment: str, run_id: str) -> None:
+    def __init__(self, uri: str, experiment: str, run_id: str, client: MlflowClient | None = None) -> None:
         self.uri = uri
         self.experiment = experiment
         self.run_id = run_id
-        self.client: MlflowClient = tracking_client(uri)
+        self.client: MlflowClient = client or tracking_client(uri)
 
     @classmethod
     def create(cls, uri: str | None, experiment: str, name: str, *, dataset: str, model: str, pred_len: int,
                seq_len: int | None, seed: int, params: dict[str, Any]) -> ParentRun:
         """Create the parent run (RUNNING) with the search tags; `seq_len=None` means the lookback is searched."""
-        # The same experiment lookup/creation as every other run (artifacts beside a SQLite store's file).
-        from benchmarks.tracking import get_or_create_experiment
-
         uri = resolve_tracking_uri(uri)
         client = tracking_client(uri)
+        # The same experiment lookup/creation as every other run (artifacts beside a SQLite store's file).
         experiment_id = get_or_create_experiment(client, experiment, uri)
         tags = {"mixbench.kind": "search", "dataset": dataset, "model": model, "pred_len": str(pred_len),
                 "seq_len": "searched" if seq_len is None else str(seq_len),
                 "protocol": protocol_tag(FEATURES, seq_len), "seed": str(seed), "search_name": name}
         run = client.create_run(experiment_id, run_name=name, tags=tags)
-        parent = cls(uri, experiment, run.info.run_id)
+        parent = cls(uri, experiment, run.info.run_id, client)
         parent.log_params({**params, "seed": seed, "code_version": code_version()})
         return parent
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 
 import click
+
+from benchmarks.errors import MixbenchError
 
 # name -> (module:attribute, one-line purpose, example)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "benchmark": (
-        "results.commands:benchmark",
+        "benchmarks.grid.command:benchmark",
         "Run the benchmark grid (datasets x models x horizons x seeds) as Ray tasks, logged to MLflow.",
         "mixbench benchmark --datasets weather,ETTh1 --seeds 3 --suite paper",
     ),
@@ -33,12 +36,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "mixbench leaderboard --suite paper --format csv",
     ),
     "train": (
-        "benchmarks.train_command:train",
+        "benchmarks.training.command:train",
         "Train and test one model on one dataset, tracked in MLflow.",
         "mixbench train --model mixmamba --dataset ETTh1 --pred-len 96",
     ),
     "ui": (
-        "benchmarks.train_command:ui",
+        "benchmarks.training.command:ui",
         "Open the MLflow UI on the tracking store (127.0.0.1 by default).",
         "mixbench ui --port 5000",
     ),
@@ -58,11 +61,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "mixbench table --format latex --reference paper --std --figures figures/",
     ),
     "data": (
-        "benchmarks.data_commands:data",
+        "benchmarks.data.command:data",
         "List, download and inspect the benchmark datasets.",
         "mixbench data info weather --seq-len 96 --pred-len 96",
     ),
 }
+
+# A model or training setting that a command takes through `--set KEY=VALUE` rather than an option of its own.
+SET_PREFIXES = ("model.", "train.")
+SET_FLAG = "--set"
+EXIT_BAD_INPUT = 2
 
 _debug = False
 
@@ -99,10 +107,51 @@ def cli(debug: bool) -> None:
     _debug = debug or _debug
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: runs the CLI and turns bad input into one line on stderr and exit code 2."""
-    from benchmarks.errors import InputError
+def invoked_command(args: Sequence[str]) -> click.Command:
+    """The command that `args` run (`jobs list` for `jobs list --address X`), found level by level as click finds it.
 
+    Click drops its contexts once a command fails, so this looks again; mixbench's groups take only flags, so at each
+    level the first argument that is no option names the subcommand.
+    """
+    command: click.Command = cli
+    rest = list(args)
+    while isinstance(command, click.Group):
+        names = [index for index, argument in enumerate(rest) if not argument.startswith("-")]
+        if not names:
+            break
+        context = click.Context(command, resilient_parsing=True)
+        _, found, rest = command.resolve_command(context, rest[names[0]:])
+        if found is None:
+            break
+        command = found
+    return command
+
+
+def flag_for(command: click.Command, setting: str) -> str:
+    """How a user of `command` writes `setting`: the longest flag of its option of that name (`pred_len` ->
+    `--pred-len`, `time_budget_s` -> `--time-budget`, `format` -> `--format`), `--set model.x` for a model or training
+    setting the command takes through `--set`, else the setting itself."""
+    options = [param for param in command.params if isinstance(param, click.Option)]
+    # A training setting with a flag of its own (`train.epochs` -> `--epochs` on `mixbench train`) takes that flag.
+    field = setting[len("train."):] if setting.startswith("train.") else setting
+    wanted = _normalised(field)
+    for option in options:
+        flags = [opt for opt in option.opts if opt.startswith("--")]
+        spellings = {_normalised(option.name or ""), *(_normalised(flag[2:]) for flag in flags)}
+        if flags and wanted in spellings:
+            return max(flags, key=len)
+    if setting.startswith(SET_PREFIXES) and any(SET_FLAG in option.opts for option in options):
+        return f"{SET_FLAG} {setting}"
+    return setting
+
+
+def _normalised(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the CLI and turns bad input into one line on stderr, naming the flag at fault, and exit code
+    2 (a domain error with its own `exit_code`, such as a cluster that stopped answering, exits with that)."""
     global _debug
     args = sys.argv[1:] if argv is None else argv
     _debug = "--debug" in args or os.environ.get("MIXBENCH_DEBUG") == "1"
@@ -112,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.UsageError as error:
-        # One line like InputError: click's own form adds a usage block around the message.
+        # One line like a MixbenchError: click's own form adds a usage block around the message.
         if _debug:
             raise
         command = error.ctx.command_path if error.ctx is not None else "mixbench"
@@ -121,13 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
-    except InputError as error:
+    except MixbenchError as error:
         if _debug:
             raise
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
+        command = invoked_command(args)
+        click.echo(f"error: {error.render(lambda setting: flag_for(command, setting))}", err=True)
+        # A domain error may carry its own code (a cluster that stopped answering exits 4); bad input exits 2.
+        sys.exit(getattr(error, "exit_code", EXIT_BAD_INPUT))
     if isinstance(code, int):
         sys.exit(code)
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-@dataclass
+@dataclass(frozen=True)
 class DLinearConfig:
     """DLinear settings; names and defaults follow TSLib's run.py (individual off, as its model is built)."""
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from baselines.instance_norm import denormalize, normalize
 from baselines.transformer_encoder import TransformerEncoder, check_encoder_settings
+from mixmamba.instance_norm import denormalize, normalize
 
 
-@dataclass
+@dataclass(frozen=True)
 class ITransformerConfig:
     """iTransformer settings; names and defaults follow TSLib's run.py."""
 

@@ -1,4 +1,4 @@
-"""The Ray runtime a search or benchmark runs on: a fresh local one, or an existing cluster at `--address`, checked
+"""The Ray runtime a search or benchmark runs on: a fresh local one, or an existing cluster at an address, checked
 up front so a wrong address fails in seconds with one line instead of Ray's minutes of retries.
 """
 from __future__ import annotations
@@ -9,7 +9,9 @@ import re
 import socket
 from pathlib import Path
 
-from benchmarks.errors import InputError
+import ray
+
+from benchmarks.errors import ClusterError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _ADDRESS = re.compile(r"^(?:(?P<scheme>ray)://)?(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
@@ -19,21 +21,22 @@ LOCAL_START_ATTEMPTS = 2
 
 
 def check_address(address: str) -> None:
-    """Raise InputError unless `address` is `auto` or host:port / ray://host:port with something listening there."""
+    """Raise ClusterError unless `address` is `auto` or host:port / ray://host:port with something listening there."""
     if address == "auto":
         return
     match = _ADDRESS.match(address)
     if match is None or not 0 < int(match["port"]) < 65536:
-        raise InputError(f"--address {address!r} is not a Ray address; use host:port (e.g. 10.0.0.5:6379), "
-                         "ray://host:10001, auto, or leave it out to start Ray locally")
+        raise ClusterError(f"{{setting}} {address!r} is not a Ray address; use host:port (e.g. 10.0.0.5:6379), "
+                           "ray://host:10001, auto, or leave it out to start Ray locally", setting="address")
     host = match["host"].strip("[]")
     try:
         with socket.create_connection((host, int(match["port"])), timeout=PROBE_TIMEOUT_S):
             pass
     except OSError as error:
         reason = error.strerror or type(error).__name__
-        raise InputError(f"--address {address}: nothing answers there ({reason}); start the cluster "
-                         "(`ray start --head`) or leave --address out to start Ray locally") from None
+        raise ClusterError(f"{{setting}} {address}: nothing answers there ({reason}); start the cluster "
+                           "(`ray start --head`) or leave {setting} out to start Ray locally",
+                           setting="address") from None
 
 
 def connect(address: str | None) -> bool:
@@ -43,8 +46,6 @@ def connect(address: str | None) -> bool:
     it runs from a checkout rather than an installed package. Ray's token authentication needs nothing here: a local
     ray.init creates and uses its own token; a remote cluster with tokens needs RAY_AUTH_TOKEN set by the user.
     """
-    import ray
-
     if ray.is_initialized():
         return False
     if address is not None:
@@ -59,20 +60,19 @@ def connect(address: str | None) -> bool:
             return True
         except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            where = f"--address {address}" if address else "a local Ray runtime"
-            raise InputError(f"could not start or reach {where}: {first}; check the address and RAY_AUTH_TOKEN, "
-                             "or leave --address out") from None
+            where = f"{{setting}} {address}" if address else "a local Ray runtime"
+            raise ClusterError(f"could not start or reach {where}: {first}; check the address and RAY_AUTH_TOKEN, "
+                               "or leave {setting} out", setting="address") from None
         except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception when its raylet starts too slowly
             if "timed out during startup" not in str(error):
                 raise
             ray.shutdown()
-    raise InputError(f"Ray's local runtime did not start in time ({LOCAL_START_ATTEMPTS} tries of Ray's fixed 30 s; "
-                     "is the machine overloaded?); retry, or run `ray start --head` and pass --address auto")
+    raise ClusterError(f"Ray's local runtime did not start in time ({LOCAL_START_ATTEMPTS} tries of Ray's fixed 30 s; "
+                       "is the machine overloaded?); retry, or run `ray start --head` and pass {setting} auto",
+                       setting="address")
 
 
 def cluster_resources() -> tuple[float, float]:
     """(CPUs, GPUs) of the connected cluster."""
-    import ray
-
     resources = ray.cluster_resources()
     return float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import click
 
-from benchmarks.errors import InputError
+from benchmarks.errors import SettingError
 from cluster.job_server import JobServer, exit_code
 from cluster.submission import Submission
 
@@ -66,7 +66,7 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep:
-            raise InputError(f"--env {pair}: write --env NAME=VALUE")
+            raise SettingError(f"--env {pair}: write --env NAME=VALUE")
         env[name] = value
     return env
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from benchmarks.errors import InputError
+from benchmarks.errors import SettingError, TrackingError
 
 # Tracking stores every node reaches over the network; anything else (sqlite, a file path, a database whose
 # artifacts default to local disk) would scatter the runs over the nodes' disks.
@@ -25,15 +25,20 @@ WORKING_DIR_EXCLUDES = [
     "mlruns", "mlartifacts", "mlflow.db", "ray_results", "dataset",
 ]
 
-# Set by the cluster (its token, its address) or by submit's own flags (--tracking-uri); --env may not override them.
+# Set by the cluster (its token, its address) or by the submission's own settings (tracking_uri); env may not
+# override them.
 RESERVED_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS", "MLFLOW_TRACKING_URI")
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
+# Flags of the submitted `mixbench` command (search, benchmark) that the submission reads or appends.
+TRACKING_URI_FLAG = "--tracking-uri"
+STORAGE_PATH_FLAG = "--storage-path"
+
 
 @dataclass(frozen=True)
 class Submission:
-    """One `mixbench` command to run on a cluster; checks itself on creation (raises `InputError`).
+    """One `mixbench` command to run on a cluster; checks itself on creation (raises `SettingError`/`TrackingError`).
 
     command: the arguments after `--`, e.g. ("search", "--dataset", "weather").
     working_dir: the MixBench source root to upload (must hold cli.py).
@@ -55,37 +60,42 @@ class Submission:
 
     def __post_init__(self) -> None:
         if not self.command:
-            raise InputError("nothing to run: put the mixbench command after `--`, e.g. `-- search --dataset weather`")
+            raise SettingError(
+                "nothing to run: put the mixbench command after `--`, e.g. `-- search --dataset weather`"
+            )
         if self.command[0] in ("submit", "jobs"):
-            raise InputError(f"`{self.command[0]}` runs on your machine, not on the cluster; submit e.g. `search`")
+            raise SettingError(f"`{self.command[0]}` runs on your machine, not on the cluster; submit e.g. `search`")
         if not (Path(self.working_dir) / "cli.py").is_file():
-            raise InputError(
-                f"--working-dir {self.working_dir}: not the MixBench source root (no cli.py there); "
-                "run from the repository or pass its path"
+            raise SettingError(
+                f"{{setting}} {self.working_dir}: not the MixBench source root (no cli.py there); "
+                "run from the repository or pass its path", setting="working_dir"
             )
-        if _has_flag(self.command, "--tracking-uri"):
-            raise InputError(
-                "--tracking-uri: give it to `mixbench submit` (before `--`); every trial gets it as MLFLOW_TRACKING_URI"
+        if _has_flag(self.command, TRACKING_URI_FLAG):
+            raise SettingError(
+                "{setting}: give it to `mixbench submit` (before `--`); every trial gets it as MLFLOW_TRACKING_URI",
+                setting="tracking_uri",
             )
-        if self.storage_path is not None and _has_flag(self.command, "--storage-path"):
-            raise InputError("--storage-path: given twice, before and after `--`; keep one")
+        if self.storage_path is not None and _has_flag(self.command, STORAGE_PATH_FLAG):
+            raise SettingError("{setting}: given twice, before and after `--`; keep one", setting="storage_path")
         for name in self.env:
             if not ENV_NAME.fullmatch(name):
-                raise InputError(f"--env {name}: not a variable name; write --env NAME=VALUE")
+                raise SettingError(f"{{setting}} {name}: not a variable name; write {{setting}} NAME=VALUE",
+                                   setting="env")
             if name in RESERVED_ENV:
-                raise InputError(f"--env {name}: set by the cluster or by submit's own flags; leave it out")
+                raise SettingError(f"{{setting}} {name}: set by the cluster or from the submission's tracking URI; "
+                                   "leave it out", setting="env")
         check_tracking_uri(self.tracking_uri, self.allow_local_tracking)
 
     @property
     def has_storage_path(self) -> bool:
         """Whether Ray Tune gets an explicit storage path (from submit's flag or the submitted command)."""
-        return self.storage_path is not None or _has_flag(self.command, "--storage-path")
+        return self.storage_path is not None or _has_flag(self.command, STORAGE_PATH_FLAG)
 
     def entrypoint(self) -> str:
         """The shell command the job runs on the head node."""
         command = list(self.command)
         if self.storage_path is not None:
-            command += ["--storage-path", self.storage_path]
+            command += [STORAGE_PATH_FLAG, self.storage_path]
         return "python -m cli " + shlex.join(command)
 
     def runtime_env(self) -> dict:
@@ -116,9 +126,10 @@ def check_tracking_uri(uri: str | None, allow_local: bool = False) -> None:
     if allow_local:
         return
     if not uri:
-        raise InputError(
-            "--tracking-uri: required in cluster mode; give the MLflow tracking server's URL "
-            "(e.g. http://HEAD:5000, see docs/cluster.md) or pass --allow-local-tracking"
+        raise TrackingError(
+            "{setting}: required in cluster mode; give the MLflow tracking server's URL "
+            "(e.g. http://HEAD:5000, see docs/cluster.md), or allow local tracking on a one-node cluster",
+            setting="tracking_uri",
         )
     scheme = urlparse(uri).scheme
     if scheme in REMOTE_TRACKING_SCHEMES or uri == "databricks":
@@ -128,9 +139,9 @@ def check_tracking_uri(uri: str | None, allow_local: bool = False) -> None:
         reason = "lives on one machine's disk, so trials on other nodes would log elsewhere"
     else:
         reason = "is a database, not a tracking server, so trial artifacts would land on each worker's disk"
-    raise InputError(
-        f"--tracking-uri {_without_credentials(uri)}: {reason}; give the MLflow tracking server's URL "
-        "(http://HOST:5000) or pass --allow-local-tracking"
+    raise TrackingError(
+        f"{{setting}} {_without_credentials(uri)}: {reason}; give the MLflow tracking server's URL "
+        "(http://HOST:5000), or allow local tracking on a one-node cluster", setting="tracking_uri"
     )
 
 
@@ -139,8 +150,9 @@ def project_requirements() -> list[str]:
     try:
         requirements = importlib.metadata.requires("mixbench") or []
     except importlib.metadata.PackageNotFoundError:
-        raise InputError(
-            "--pip: mixbench is not installed here; run `pip install -e .` so its requirements are known"
+        raise SettingError(
+            "{setting}: mixbench is not installed here; run `pip install -e .` so its requirements are known",
+            setting="pip",
         ) from None
     runtime = [r for r in requirements if "extra ==" not in r]
     # A second Ray inside the job's environment would not match the cluster's processes.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mixmamba import patching
 from mixmamba.scan import scan_backend_names
 
 VARIANTS = ("official", "paper")
@@ -12,7 +13,7 @@ OFFICIAL_EXPERT = {"d_state": 8, "d_conv": 4, "expand": 2}
 PAPER_D_STATE = 16  # mamba_ssm's default, used by the paper variant when d_state is unset
 
 
-@dataclass
+@dataclass(frozen=True)
 class MixMambaConfig:
     """MixMamba (Alkilane, He & Lee, Information Fusion 112, 2024): patches -> top-k mixture of Mamba experts -> head.
 
@@ -27,6 +28,7 @@ class MixMambaConfig:
     official_slot_offsets: True reproduces the official router, which offsets the slots of the n-th choice by the
       count of the (n-1)-th choice only (st-moe-pytorch before its fix for issue 13), so with top_k >= 3 a later
       choice can share a capacity slot with an earlier one; False offsets by all earlier choices. No effect at top_k 2.
+    Frozen; `dataclasses.replace` builds a changed copy, checked again by __post_init__.
     """
 
     seq_len: int
@@ -69,14 +71,15 @@ class MixMambaConfig:
                         f"MixMambaConfig.{name}={given}: the official MixMamba always runs {name}={used}; "
                         f"set {name}={used} (or leave it unset) or use variant='paper'"
                     )
-            self.d_state = OFFICIAL_EXPERT["d_state"]
+            # frozen: the one place a field is filled in, while the config is being built
+            object.__setattr__(self, "d_state", OFFICIAL_EXPERT["d_state"])
             if self.n_layers != 1:
                 raise ValueError(
                     f"MixMambaConfig.n_layers={self.n_layers}: the official variant has one Mamba per expert; "
                     "set n_layers=1 or use variant='paper'"
                 )
         elif self.d_state is None:
-            self.d_state = PAPER_D_STATE
+            object.__setattr__(self, "d_state", PAPER_D_STATE)
         for name in ("d_state", "d_conv", "expand", "min_capacity"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -108,5 +111,5 @@ class MixMambaConfig:
 
     @property
     def patch_num(self) -> int:
-        """Patches per channel: the lookback padded by `stride` repeats of its last value, cut every `stride`."""
-        return (self.seq_len + self.stride - self.patch_len) // self.stride + 1
+        """Patches per channel (see `mixmamba.patching.patch_num`)."""
+        return patching.patch_num(self.seq_len, self.patch_len, self.stride)

@@ -8,7 +8,11 @@ LOSS_KINDS = ("mae", "mse")
 
 
 def forecast_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mae") -> torch.Tensor:
-    """Mean absolute ("mae") or squared ("mse") error over every element; returns a 0-dim tensor."""
+    """Mean absolute ("mae") or squared ("mse") error over every element; returns a 0-dim tensor.
+
+    The default is MAE, not the training engine's MSE (TSLib's default for every model), because the official
+    MixMamba trains and validates with nn.L1Loss whatever its --loss says; the mixmamba recipe sets train.loss mae.
+    """
     if kind not in LOSS_KINDS:
         raise ValueError(f"forecast_loss kind={kind!r}; use one of {', '.join(LOSS_KINDS)}")
     if pred.shape != target.shape:

@@ -6,6 +6,7 @@ from torch import nn
 
 from mixmamba.config import MixMambaConfig
 from mixmamba.experts import MambaExperts
+from mixmamba.instance_norm import denormalize, normalize
 from mixmamba.moe import MixtureOfMambaExperts
 from mixmamba.patching import PatchEmbedding
 from mixmamba.router import RoutingStats, TopKRouter
@@ -16,7 +17,8 @@ class MixMamba(nn.Module):
 
     forward(x (B, seq_len, enc_in), x_mark ignored) -> (forecast (B, pred_len, enc_in), aux_loss ()).
     Channels are independent sequences of patches; one MoE layer of Mamba experts; a linear head per flattened
-    (d_model x patch_num) channel representation. After each forward, `last_routing` holds the RoutingStats.
+    (d_model x patch_num) channel representation. After each forward, `last_routing` holds its RoutingStats
+    (None before the first) and `routing_statistics()` reports them to a training loop.
     Modules the official model builds but never calls (its `projection` head and the router's unused Mamba) are
     left out.
     """
@@ -67,11 +69,7 @@ class MixMamba(nn.Module):
             )
         batch, _, channels = x.shape
         if config.use_norm:
-            # Non-stationary Transformer normalisation as the official code: the mean is detached, the std is not.
-            means = x.mean(dim=1, keepdim=True).detach()  # (B, 1, N)
-            x = x - means
-            stdev = torch.sqrt(torch.var(x, dim=1, keepdim=True, unbiased=False) + 1e-5)  # (B, 1, N)
-            x = x / stdev
+            x, mean, std = normalize(x)  # mean, std: (B, 1, N)
 
         tokens = self.patch_embedding(x.permute(0, 2, 1))  # (B*N, patch_num, d_model)
         tokens, aux_loss, self.last_routing = self.moe(tokens)  # (B*N, patch_num, d_model)
@@ -81,8 +79,24 @@ class MixMamba(nn.Module):
         forecast = self.head_dropout(self.head(features)).permute(0, 2, 1)  # (B, pred_len, N)
 
         if config.use_norm:
-            forecast = forecast * stdev + means
+            forecast = denormalize(forecast, mean, std)
         return forecast, aux_loss
+
+    def routing_statistics(self) -> dict[str, torch.Tensor] | None:
+        """How the last forward pass used the experts, or None before any forward.
+
+        expert_share (E,): share of the kept token->expert assignments each expert processed (sums to 1);
+        first_choice_share (E,): share of tokens whose top-1 choice is each expert;
+        dropped_token_rate (): share of tokens no expert processed. Tensors are detached, on the model's device.
+        """
+        stats = self.last_routing
+        if stats is None:
+            return None
+        return {
+            "expert_share": stats.expert_share,
+            "first_choice_share": stats.first_choice_share,
+            "dropped_token_rate": stats.dropped_token_rate,
+        }
 
     def extra_repr(self) -> str:
         config = self.config

@@ -1,10 +1,22 @@
-"""Patching and patch embedding: each channel's lookback cut into overlapping patches, embedded as tokens."""
+"""Patching and patch embedding: each channel's lookback cut into overlapping patches, embedded as tokens.
+
+Shared with baselines/patchtst.py (TSLib's PatchTST patches the same way); it lives here because mixmamba/ imports
+nothing but torch.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
 from torch import nn
+
+
+def patch_num(seq_len: int, patch_len: int, stride: int) -> int:
+    """Patches per channel: the lookback padded by `stride` repeats of its last value, cut every `stride`.
+
+    TSLib and the official MixMamba write it int((seq_len - patch_len) / stride + 2).
+    """
+    return (seq_len + stride - patch_len) // stride + 1
 
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
@@ -29,10 +41,11 @@ class PatchEmbedding(nn.Module):
         super().__init__()
         self.patch_len = patch_len
         self.stride = stride
+        self.patch_num = patch_num(seq_len, patch_len, stride)
         self.padding = nn.ReplicationPad1d((0, stride))
         self.value_embedding = nn.Linear(patch_len, d_model, bias=False)
-        patch_num = (seq_len + stride - patch_len) // stride + 1
-        self.register_buffer("positions", sinusoidal_positions(patch_num, d_model), persistent=False)
+        # TSLib keeps a 5000-row table in the state dict; only the first patch_num rows are ever read
+        self.register_buffer("positions", sinusoidal_positions(self.patch_num, d_model), persistent=False)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

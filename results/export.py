@@ -8,34 +8,35 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from benchmarks.errors import InputError
-from results.runs import BENCHMARK_KIND, BenchmarkRecord, record_from, search_all_runs, search_benchmark_runs
+from benchmarks.errors import ResultsError
+from benchmarks.tracking.queries import BENCHMARK_KIND, search_all_runs, search_benchmark_runs
+from results.runs import RUN_COLUMNS
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
-RUN_COLUMNS = ("run_id", "parent_run_id", "run_name", "status", "start_time", "end_time")
+    from benchmarks.tracking.store import TrackingStore
+
 SEARCH_KINDS = ("search", "trial", "refit")
 # Of MLflow's own tags only these two become columns; the rest (user name, source file, the machine's git commit)
 # say nothing about the result and may name people or paths.
 _PARENT_TAG, _NAME_TAG = "mlflow.parentRunId", "mlflow.runName"
 
 
-def export_rows(tracking_uri: str, experiment: str, suite: str) -> list[dict[str, str]]:
+def export_rows(store: TrackingStore, experiment: str, suite: str) -> list[dict[str, str]]:
     """Rows of every run of `suite` (any status) and of every search, trial and refit of the suite's
     (dataset, model, pred_len) cells, sorted by kind, dataset, model, horizon, seed and start time."""
-    from benchmarks.tracking import tracking_client
-
-    client = tracking_client(tracking_uri)
+    client = store.client()
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise InputError(f"no experiment '{experiment}' at {tracking_uri}; pass the right --experiment/--tracking-uri")
+        raise ResultsError(f"no experiment '{experiment}' at {store.redacted}; pass the right {{setting}} or tracking "
+                           "URI", setting="experiment")
     benchmark = search_all_runs(client, found.experiment_id,
                                 f"tags.`mixbench.kind` = '{BENCHMARK_KIND}' and tags.suite = '{suite}'")
     if not benchmark:
         suites = sorted({run.data.tags.get("suite", "") for run in search_benchmark_runs(client, found.experiment_id)})
-        raise InputError(f"suite '{suite}' has no runs in experiment '{experiment}'; --suite must be one of: "
-                         f"{', '.join(suites) or '(none: run `mixbench benchmark` first)'}")
+        raise ResultsError(f"suite '{suite}' has no runs in experiment '{experiment}'; {{setting}} must be one of: "
+                           f"{', '.join(suites) or '(none: run `mixbench benchmark` first)'}", setting="suite")
     cells = {_cell(run) for run in benchmark}
     searches = [run for run in search_all_runs(client, found.experiment_id, "tags.`mixbench.kind` = 'search'")
                 if _cell(run) in cells]
@@ -55,31 +56,6 @@ def write_export(rows: list[dict[str, str]], path: Path) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return Path(path)
-
-
-def records_from_export(path: Path) -> list[BenchmarkRecord]:
-    """The complete benchmark runs of an export (FINISHED, with test_mse), as the leaderboard reads them."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--runs {path}: no such file; write one with `mixbench export --output {path.name}`")
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not set(RUN_COLUMNS) <= set(reader.fieldnames):
-            raise InputError(f"--runs {path} is not a `mixbench export` CSV (its header lacks {', '.join(RUN_COLUMNS)})")
-        records = []
-        for line, row in enumerate(reader, start=2):
-            if row.get("tags.mixbench.kind") != BENCHMARK_KIND or row["status"] != "FINISHED":
-                continue
-            tags = {key[len("tags."):]: value for key, value in row.items() if key.startswith("tags.") and value}
-            try:
-                metrics = {key[len("metrics."):]: float(value) for key, value in row.items()
-                           if key.startswith("metrics.") and value}
-                record = record_from(tags, metrics, row["run_id"], int(row["start_time"] or 0))
-            except (KeyError, ValueError) as error:
-                raise InputError(f"--runs {path} line {line}: bad or missing value ({error}); re-export it") from None
-            if record is not None:
-                records.append(record)
-    return records
 
 
 def _cell(run: Run) -> tuple[str, str, str]:

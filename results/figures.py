@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from results.leaderboard import Leaderboard
 
 
@@ -17,17 +19,14 @@ def write_figures(board: Leaderboard, directory: Path) -> list[Path]:
 
     Error bars are the sample std over seeds (none for a single seed); missing horizons leave gaps in a line.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for dataset in board.datasets():
         horizons = board.horizons(dataset)
-        figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+        # A bare Figure (no pyplot) draws with Agg and sets no global backend in the importing process.
+        figure = Figure(figsize=(6, 4), dpi=120)
+        axes = figure.subplots()
         for label in board.labels():
             entries = [board.get(dataset, horizon, label) for horizon in horizons]
             points = [(horizon, entry) for horizon, entry in zip(horizons, entries) if entry is not None]
@@ -50,6 +49,5 @@ def write_figures(board: Leaderboard, directory: Path) -> list[Path]:
         figure.tight_layout()
         path = figure_path(directory, dataset)
         figure.savefig(path)
-        plt.close(figure)
         paths.append(path)
     return paths

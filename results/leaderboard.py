@@ -12,7 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-from results.runs import BenchmarkRecord, model_label
+from benchmarks.models.registry import model_label
+from results.runs import BenchmarkRecord
 
 AVG = "Avg"
 # Model display order of the MixMamba paper's tables; other models follow alphabetically.

@@ -8,8 +8,8 @@ from __future__ import annotations
 import csv
 import io
 
-from benchmarks.errors import InputError
-from results.runs import model_label
+from benchmarks.errors import SettingError
+from benchmarks.models.registry import model_label
 from results.table import DECIMALS, FIRST, METRICS, SECOND, Cell, ForecastTable, Reference
 
 FORMATS = ("latex", "markdown", "csv")
@@ -178,5 +178,6 @@ def render(table: ForecastTable, format: str, show_std: bool = False) -> str:
     """The table in one of FORMATS."""
     renderers = {"latex": render_latex, "markdown": render_markdown, "csv": render_csv}
     if format not in renderers:
-        raise InputError(f"unknown table format '{format}'; --format must be one of: {', '.join(FORMATS)}")
+        raise SettingError(f"unknown table format '{format}'; {{setting}} must be one of: {', '.join(FORMATS)}",
+                           setting="format")
     return renderers[format](table, show_std)

@@ -4,23 +4,22 @@ A run is complete when its status is FINISHED and `test_mse` is logged (docs/arc
 """
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from benchmarks.errors import InputError
+from benchmarks.errors import ResultsError, TrackingError
+from benchmarks.models.registry import model_label
+from benchmarks.tracking.queries import BENCHMARK_KIND, search_benchmark_runs
+
+# The run columns of a `mixbench export` CSV, before its tags.*, params.* and metrics.* columns.
+RUN_COLUMNS = ("run_id", "parent_run_id", "run_name", "status", "start_time", "end_time")
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
-    from mlflow.tracking import MlflowClient
 
-BENCHMARK_KIND = "benchmark"
-MODEL_LABELS = {"mixmamba": "MixMamba", "itransformer": "iTransformer", "patchtst": "PatchTST", "dlinear": "DLinear"}
-
-
-def model_label(model: str) -> str:
-    """The display name of a registry model ("patchtst" -> "PatchTST"); unknown names are returned unchanged."""
-    return MODEL_LABELS.get(model, model)
+    from benchmarks.tracking.store import TrackingStore
 
 
 @dataclass(frozen=True)
@@ -39,27 +38,6 @@ class BenchmarkRecord:
     suite: str = ""
     run_id: str = ""
     start_time: int = 0  # ms since the epoch, as MLflow stores it
-
-
-def search_benchmark_runs(client: MlflowClient, experiment_id: str, suite: str | None = None) -> list[Run]:
-    """Every FINISHED benchmark run of an experiment (optionally of one suite), all result pages."""
-    filters = [f"tags.`mixbench.kind` = '{BENCHMARK_KIND}'", "attributes.status = 'FINISHED'"]
-    if suite is not None:
-        filters.append(f"tags.suite = '{suite}'")
-    return search_all_runs(client, experiment_id, " and ".join(filters))
-
-
-def search_all_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
-    """Every run of an experiment that matches an MLflow filter string, all result pages."""
-    runs: list[Run] = []
-    page_token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
-                                  page_token=page_token)
-        runs.extend(page)
-        page_token = page.token
-        if not page_token:
-            return runs
 
 
 def record_from_run(run: Run) -> BenchmarkRecord | None:
@@ -89,43 +67,42 @@ def record_from(tags: Mapping[str, str], metrics: Mapping[str, float], run_id: s
     )
 
 
-def load_benchmark_records(
-    tracking_uri: str, experiment: str = "mixbench", suite: str | None = None, dataset: str | None = None,
-    runs_file: Path | None = None,
-) -> tuple[str, list[BenchmarkRecord]]:
-    """The complete benchmark runs of one suite as records, and that suite's name.
+def load_benchmark_records(store: TrackingStore, experiment: str = "mixbench", suite: str | None = None,
+                           dataset: str | None = None) -> tuple[str, list[BenchmarkRecord]]:
+    """The complete benchmark runs of one suite in the MLflow `store` as records, and that suite's name.
 
-    They come from MLflow, or from a `mixbench export` CSV when `runs_file` is given. `suite=None` picks the suite
-    of the most recently started benchmark run. Raises InputError when there are no complete benchmark runs, or the
-    suite or dataset has none (the message lists what exists).
+    `suite=None` picks the suite of the most recently started benchmark run. Raises TrackingError for a missing
+    SQLite store, ResultsError when there are no complete benchmark runs, or the suite or dataset has none (the
+    message lists what exists).
     """
-    if runs_file is not None:
-        from results.export import records_from_export
-
-        records = records_from_export(runs_file)
-        if not records:
-            raise InputError(f"--runs {runs_file} holds no finished benchmark runs; export a suite that has some")
-        return _one_suite(records, suite, dataset)
-    return _one_suite(_store_records(tracking_uri, experiment), suite, dataset)
+    return _one_suite(_store_records(store, experiment), suite, dataset)
 
 
-def _store_records(tracking_uri: str, experiment: str) -> list[BenchmarkRecord]:
-    from benchmarks.tracking import tracking_client
+def load_export_records(runs_file: Path, suite: str | None = None, dataset: str | None = None
+                        ) -> tuple[str, list[BenchmarkRecord]]:
+    """As `load_benchmark_records`, from a `mixbench export` CSV instead of MLflow."""
+    records = records_from_export(runs_file)
+    if not records:
+        raise ResultsError(f"{{setting}} {runs_file} holds no finished benchmark runs; export a suite that has some",
+                           setting="runs")
+    return _one_suite(records, suite, dataset)
 
+
+def _store_records(store: TrackingStore, experiment: str) -> list[BenchmarkRecord]:
     # Opening a missing SQLite path would create an empty store; say what is wrong instead.
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
-        raise InputError(
-            f"no MLflow store at {tracking_uri[len('sqlite:///'):]}; run `mixbench benchmark` first or pass "
-            "--tracking-uri (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
+    if store.sqlite_path is not None and not store.sqlite_path.is_file():
+        raise TrackingError(
+            f"no MLflow store at {store.sqlite_path}; run `mixbench benchmark` first or pass "
+            "{setting} (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)", setting="tracking_uri"
         )
-    client = tracking_client(tracking_uri)
+    client = store.client()
     found = client.get_experiment_by_name(experiment)
     runs = search_benchmark_runs(client, found.experiment_id) if found is not None else []
     records = [record for record in map(record_from_run, runs) if record is not None]
     if not records:
-        raise InputError(
-            f"no finished benchmark runs in experiment '{experiment}' at {tracking_uri}; "
-            "run `mixbench benchmark` first or pass the right --tracking-uri/--experiment"
+        raise ResultsError(
+            f"no finished benchmark runs in experiment '{experiment}' at {store.redacted}; "
+            "run `mixbench benchmark` first or pass the right {setting} or tracking URI", setting="experiment"
         )
     return records
 
@@ -136,14 +113,41 @@ def _one_suite(records: list[BenchmarkRecord], suite: str | None, dataset: str |
     if suite is None:
         suite = max(records, key=lambda record: record.start_time).suite
     elif suite not in suites:
-        raise InputError(f"unknown suite '{suite}'; --suite must be one of: {', '.join(suites)}")
+        raise ResultsError(f"unknown suite '{suite}'; {{setting}} must be one of: {', '.join(suites)}", setting="suite")
     records = [record for record in records if record.suite == suite]
     if dataset is not None:
         datasets = sorted({record.dataset for record in records})
         if dataset not in datasets:
-            raise InputError(
-                f"dataset '{dataset}' has no finished runs in suite '{suite}'; --dataset must be one of: "
-                f"{', '.join(datasets)}"
+            raise ResultsError(
+                f"dataset '{dataset}' has no finished runs in suite '{suite}'; {{setting}} must be one of: "
+                f"{', '.join(datasets)}", setting="dataset"
             )
         records = [record for record in records if record.dataset == dataset]
     return suite, records
+
+
+def records_from_export(path: Path) -> list[BenchmarkRecord]:
+    """The complete benchmark runs of an export (FINISHED, with test_mse), as the leaderboard reads them."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"{{setting}} {path}: no such file; write one with `mixbench export`", setting="runs")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not set(RUN_COLUMNS) <= set(reader.fieldnames):
+            raise ResultsError(f"{{setting}} {path} is not a `mixbench export` CSV (its header lacks "
+                               f"{', '.join(RUN_COLUMNS)})", setting="runs")
+        records = []
+        for line, row in enumerate(reader, start=2):
+            if row.get("tags.mixbench.kind") != BENCHMARK_KIND or row["status"] != "FINISHED":
+                continue
+            tags = {key[len("tags."):]: value for key, value in row.items() if key.startswith("tags.") and value}
+            try:
+                metrics = {key[len("metrics."):]: float(value) for key, value in row.items()
+                           if key.startswith("metrics.") and value}
+                record = record_from(tags, metrics, row["run_id"], int(row["start_time"] or 0))
+            except (KeyError, ValueError) as error:
+                raise ResultsError(f"{{setting}} {path} line {line}: bad or missing value ({error}); re-export it",
+                                   setting="runs") from None
+            if record is not None:
+                records.append(record)
+    return records

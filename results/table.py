@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from benchmarks.errors import InputError
+from benchmarks.errors import SettingError
 from results.leaderboard import AVG, Leaderboard
 from results.paper import REFERENCES, published, relative_difference
 
@@ -110,7 +110,8 @@ def _references(cells: dict[tuple[str, str], Cell], dataset: str, horizon: int |
 def build_table(board: Leaderboard, reference: str | None = None) -> ForecastTable:
     """Lay the leaderboard out as the paper's table; `reference="paper"` adds the published numbers."""
     if reference is not None and reference not in REFERENCES:
-        raise InputError(f"unknown reference '{reference}'; --reference must be one of: {', '.join(REFERENCES)}")
+        raise SettingError(f"unknown reference '{reference}'; {{setting}} must be one of: {', '.join(REFERENCES)}",
+                           setting="reference")
     labels = board.labels()
     models = {label: next(row.model for row in board.rows if row.label == label) for label in labels}
     rows: list[TableRow] = []

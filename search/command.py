@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from benchmarks.errors import InputError
-from search.runner import (
+from benchmarks.errors import SettingError
+from search.config import (
     CPU_LIMIT_EVAL_BATCHES,
     CPU_LIMIT_TRAIN_BATCHES,
     CPU_TRIALS_AT_ONCE,
@@ -23,7 +23,8 @@ def _seq_len_choices(ctx: click.Context, param: click.Parameter, value: str | No
     try:
         choices = [int(item) for item in value.split(",") if item.strip()]
     except ValueError:
-        raise InputError(f"--search-seq-len {value!r}: give comma-separated integers, e.g. 96,192,336") from None
+        raise SettingError(f"{{setting}} {value!r}: give comma-separated integers, e.g. 96,192,336",
+                           setting="search_seq_len") from None
     return choices
 
 
@@ -81,8 +82,11 @@ def search(**options: object) -> None:
       mixbench search --dataset ETTh1 --model patchtst --trials 40 --epochs 10 --gpus-per-trial 0.25
       mixbench search --dataset weather --resume          # after Ctrl+C or a crash
     """
+    # Imported here: Ray, Optuna, MLflow and torch take 3 s to import, which `mixbench search --help` need not wait for.
+    from benchmarks.tracking.store import quiet_run_urls
     from search.runner import run_search
 
+    quiet_run_urls()
     config = SearchConfig(**options)  # type: ignore[arg-type]
     outcome = run_search(config)
     for note in outcome.notes:

@@ -3,18 +3,18 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from search.space import ProposedConfig
-from search.trial import TrialSetup
+import ray
 
-if TYPE_CHECKING:
-    from benchmarks.engine import ExperimentResult
-    from benchmarks.tracking import TrackingConfig
+from benchmarks.experiment import Experiment
+from benchmarks.tracking.callback import MLflowCallback, log_result
+from benchmarks.training.callbacks import ExperimentResult, TrainingCallback
+from benchmarks.training.engine import run_experiment
+from benchmarks.worker_share import WorkerShare
+from search.trial_runs import TrialTracking
 
 REFIT_KIND = "refit"
 
@@ -42,32 +42,25 @@ def refit_seeds(first_seed: int, count: int) -> list[int]:
     return [first_seed + offset for offset in range(count)]
 
 
-def refit(setup: TrialSetup, proposed: ProposedConfig, seeds: list[int], tracking: TrackingConfig,
+def refit(experiment: Experiment, seeds: list[int], share: WorkerShare, tracking: TrialTracking,
           trials_log_themselves: bool, artifact_root: Path) -> RefitStats | None:
-    """Train `proposed` once per seed not yet refitted under `tracking.parent_run_id`; None if no run finished.
+    """Train `experiment` once per seed not yet refitted under `tracking.parent_run_id`; None if no run finished.
 
     With a local store the driver logs each result (it owns the store); with an http(s) server each task logs itself.
     """
-    import ray
-    from benchmarks.tracking import log_experiment, resolve_tracking_uri, tracking_client
-
-    uri = resolve_tracking_uri(tracking.uri)
-    client = tracking_client(uri)
-    experiment_id = client.get_experiment_by_name(tracking.experiment).experiment_id
+    client = tracking.store.client()
+    experiment_id = tracking.store.experiment_id(tracking.experiment)
     filter_string = (f"tags.`mlflow.parentRunId` = '{tracking.parent_run_id}' and tags.`mixbench.kind` = "
                      f"'{REFIT_KIND}' and attributes.status = 'FINISHED'")
     done = {run.data.tags.get("seed") for run in client.search_runs([experiment_id], filter_string)}
-    refit_tracking = dataclasses.replace(tracking, uri=uri, kind=REFIT_KIND)
-    train = ray.remote(num_cpus=setup.cpus_per_trial, num_gpus=setup.gpus_per_trial)(train_seed)
-    pending = {}
-    for seed in seeds:
-        if str(seed) in done:
-            continue
-        seed_tracking = dataclasses.replace(refit_tracking, run_name=f"refit-seed-{seed}")
-        pending[seed] = (seed_tracking, train.remote(setup, proposed, seed, str(artifact_root / f"seed-{seed}"),
-                                                     seed_tracking if trials_log_themselves else None))
+    train = ray.remote(num_cpus=share.cpus, num_gpus=share.gpus)(train_seed)
+    pending = {
+        seed: train.remote(experiment.with_seed(seed), share, str(artifact_root / f"seed-{seed}"),
+                           tracking if trials_log_themselves else None)
+        for seed in seeds if str(seed) not in done
+    }
     failed = []
-    for seed, (seed_tracking, future) in pending.items():
+    for seed, future in pending.items():
         try:
             result = ray.get(future)
         except ray.exceptions.RayTaskError as error:
@@ -75,7 +68,8 @@ def refit(setup: TrialSetup, proposed: ProposedConfig, seeds: list[int], trackin
             failed.append(f"seed {seed}: {type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}")
             continue
         if not trials_log_themselves:
-            log_experiment(result, seed_tracking)
+            log_result(tracking.store, tracking.experiment, result, kind=REFIT_KIND, run_name=f"refit-seed-{seed}",
+                       parent_run_id=tracking.parent_run_id, tags=tracking.tags)
     runs = client.search_runs([experiment_id], filter_string)
     finished = [run for run in runs if "test_mse" in run.data.metrics]
     if not finished:
@@ -89,14 +83,13 @@ def refit(setup: TrialSetup, proposed: ProposedConfig, seeds: list[int], trackin
     )
 
 
-def train_seed(setup: TrialSetup, proposed: ProposedConfig, seed: int, artifact_dir: str,
-               tracking: TrackingConfig | None) -> ExperimentResult:
-    """One refit run in a Ray worker, with the same thread count and GPU share as a trial."""
-    import torch
-
-    from benchmarks.engine import run_experiment
-
-    torch.set_num_threads(max(1, int(setup.cpus_per_trial)))
-    if 0 < setup.gpus_per_trial < 1 and torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(setup.gpus_per_trial)
-    return run_experiment(setup.spec(proposed, seed=seed), artifact_dir=Path(artifact_dir), tracking=tracking)
+def train_seed(experiment: Experiment, share: WorkerShare, artifact_dir: str,
+               tracking: TrialTracking | None) -> ExperimentResult:
+    """One refit run in a Ray worker, with the same share of the machine as a trial."""
+    share.apply()
+    callbacks: list[TrainingCallback] = []
+    if tracking is not None:
+        callbacks.append(MLflowCallback(tracking.store, tracking.experiment, kind=REFIT_KIND,
+                                        run_name=f"refit-seed-{experiment.seed}",
+                                        parent_run_id=tracking.parent_run_id, tags=tracking.tags))
+    return run_experiment(experiment, callbacks=callbacks, artifact_dir=Path(artifact_dir))

@@ -17,24 +17,25 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import optuna
 import yaml
 
-from benchmarks.errors import InputError
-
-if TYPE_CHECKING:
-    import optuna
+from benchmarks.errors import SettingError, SpaceError
+from benchmarks.experiment import Experiment
+from benchmarks.models.registry import model_classes
+from benchmarks.training.config import TrainConfig
 
 SPACES_DIR = Path(__file__).with_name("spaces")
 SECTIONS = ("model", "train")
-# Settings the search command owns: the space may not search or fix them.
+# Settings the search itself owns (what sets each): the space may not search or fix them.
 _OWNED_BY_FLAGS = {
-    "pred_len": "--pred-len",
+    "pred_len": "pred_len",
     "enc_in": "the dataset (its channel count)",
-    "epochs": "--epochs (ASHA's max_t)",
-    "limit_train_batches": "--limit-train-batches",
-    "limit_eval_batches": "--limit-eval-batches",
+    "epochs": "epochs (ASHA's max_t)",
+    "limit_train_batches": "limit_train_batches",
+    "limit_eval_batches": "limit_eval_batches",
 }
 _RANGE_KEYS = {"low", "high", "step", "log", "when", "otherwise"}
 _CHOICE_KEYS = {"choices", "divides", "when", "otherwise"}
@@ -64,8 +65,8 @@ class Param:
 
     @property
     def path(self) -> str:
-        """Its key in a proposed Tune config: `model/<name>`, `train/<name>`, or `seq_len` (Tune unflattens `/`)."""
-        return self.name if self.section == "data" else f"{self.section}/{self.name}"
+        """Its one spelling, the key in a proposed Tune config: `model.<name>`, `train.<name>`, or `seq_len`."""
+        return self.name if self.section == "data" else f"{self.section}.{self.name}"
 
     def describe(self) -> str:
         """A short text of the parameter's domain, e.g. `int [2, num_experts] step 2` (logged on the parent run)."""
@@ -130,24 +131,15 @@ class SearchSpace:
 
     def propose(self, trial: optuna.Trial) -> ProposedConfig:
         """Propose one config directly (outside Ray Tune), e.g. to check the space before a search starts."""
-        nested: dict[str, Any] = {}
-        for path, value in self(trial).items():
-            section, _, name = path.rpartition("/")
-            if section:
-                nested.setdefault(section, {})[name] = value
-            else:
-                nested[name] = value
-        return self.decode(nested)
+        return self.decode(self(trial))
 
     def decode(self, config: dict[str, Any]) -> ProposedConfig:
         """The space's own settings from a Tune trial config (dropping the conditional names Optuna also used)."""
-        model = config.get("model", {})
-        train = config.get("train", {})
         seq_len = config.get("seq_len")
         return ProposedConfig(
             seq_len=None if seq_len is None else int(seq_len),
-            model={p.name: model[p.name] for p in self.params if p.section == "model" and p.name in model},
-            train={p.name: train[p.name] for p in self.params if p.section == "train" and p.name in train},
+            model={p.name: config[p.path] for p in self.params if p.section == "model" and p.path in config},
+            train={p.name: config[p.path] for p in self.params if p.section == "train" and p.path in config},
         )
 
     def describe(self) -> dict[str, str]:
@@ -159,8 +151,6 @@ class SearchSpace:
 
         Used to rebuild an Optuna study from finished trials (dependent bounds vary per trial; these cover them).
         """
-        import optuna
-
         distributions = {}
         by_name = {param.name: param for param in self.params}
         for param in self.params:
@@ -182,11 +172,39 @@ class SearchSpace:
     def with_seq_len_choices(self, choices: list[int]) -> SearchSpace:
         """This space with the lookback searched over `choices` first (`--search-seq-len`)."""
         if self.searches_seq_len:
-            raise InputError(f"{self.source} already searches seq_len; drop --search-seq-len or that entry")
+            raise SpaceError(f"{self.source} already searches seq_len; drop {{setting}} or that entry",
+                             setting="search_seq_len")
         if not choices or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in choices):
-            raise InputError(f"--search-seq-len {choices!r}: give positive integers, e.g. --search-seq-len 96,192,336")
+            raise SpaceError(f"{{setting}} {choices!r}: give positive integers, e.g. 96,192,336",
+                             setting="search_seq_len")
         lookback = Param("seq_len", "data", "categorical", choices=tuple(choices))
         return dataclasses.replace(self, params=(lookback, *self.params))
+
+
+EXPERIMENT_KEY = "experiment"  # a proposal's resolved Experiment, in its Tune config
+INVALID_KEY = "invalid"        # why a proposal is no valid experiment (the trial fails with it)
+
+
+@dataclass(frozen=True)
+class BoundSpace:
+    """A space bound to the search's base experiment, as Ray's OptunaSearch calls it (define-by-run): each proposal
+    comes with its resolved, checked Experiment under EXPERIMENT_KEY (OptunaSearch merges the returned dict into the
+    trial's config), so a trial never resolves its settings again. Picklable, like the space.
+    """
+
+    space: SearchSpace
+    base: Experiment
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        values = self.space(trial)
+        return {**values, **self.resolve(values)}
+
+    def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
+        """{EXPERIMENT_KEY: the experiment of these proposed values} or {INVALID_KEY: why they make none}."""
+        try:
+            return {EXPERIMENT_KEY: self.base.with_settings(values)}
+        except SettingError as error:
+            return {INVALID_KEY: str(error)}
 
 
 def default_space_path(model: str) -> Path:
@@ -197,29 +215,27 @@ def default_space_path(model: str) -> Path:
 def load_space(path: str | Path, model: str) -> SearchSpace:
     """Parse and check the space file at `path` for registry model `model`.
 
-    Raises InputError (one line naming the file and the key) for bad YAML, an unknown section or setting (listing the
+    Raises SpaceError (one line naming the file and the key) for bad YAML, an unknown section or setting (listing the
     valid ones), an empty range or choice list, low > high, a bound naming a later or unknown parameter, a
     constraint no value can satisfy, or a setting the search command owns (pred_len, epochs, batch limits).
     """
-    from benchmarks.engine import TrainConfig
-    from benchmarks.models import model_classes
-
     path = Path(path)
     source = f"space file {path}"
     if not path.is_file():
-        raise InputError(f"{source}: no such file; pass --space with a YAML file like search/spaces/{model}.yaml")
+        raise SpaceError(f"{source}: no such file; pass {{setting}} a YAML file like search/spaces/{model}.yaml",
+                         setting="space")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "somewhere"
-        raise InputError(f"{source} is not valid YAML ({where}: {getattr(error, 'problem', error)}); fix the syntax") \
+        raise SpaceError(f"{source} is not valid YAML ({where}: {getattr(error, 'problem', error)}); fix the syntax") \
             from None
     if not isinstance(data, dict) or not data:
-        raise InputError(f"{source} must be a mapping with sections {' and/or '.join(SECTIONS)}; see {SPACES_DIR}")
+        raise SpaceError(f"{source} must be a mapping with sections {' and/or '.join(SECTIONS)}; see {SPACES_DIR}")
     unknown = sorted(set(map(str, data)) - set(SECTIONS))
     if unknown:
-        raise InputError(f"{source}: unknown section {unknown[0]!r}; valid sections are {', '.join(SECTIONS)}")
+        raise SpaceError(f"{source}: unknown section {unknown[0]!r}; valid sections are {', '.join(SECTIONS)}")
 
     config_class, _ = model_classes(model)
     types = {"model": typing.get_type_hints(config_class), "train": typing.get_type_hints(TrainConfig)}
@@ -228,19 +244,19 @@ def load_space(path: str | Path, model: str) -> SearchSpace:
     for section in SECTIONS:
         entries = data.get(section) or {}
         if not isinstance(entries, dict):
-            raise InputError(f"{source}: {section} must map setting names to values or domains")
+            raise SpaceError(f"{source}: {section} must map setting names to values or domains")
         valid = [name for name in types[section] if name not in _OWNED_BY_FLAGS]
         if section == "model":
             valid.insert(0, "seq_len")
         for name, raw in entries.items():
             key = f"{section}.{name}"
             if name in _OWNED_BY_FLAGS:
-                raise InputError(f"{source}: {key} is set by {_OWNED_BY_FLAGS[name]}; remove it from the space")
+                raise SpaceError(f"{source}: {key} is set by {_OWNED_BY_FLAGS[name]}; remove it from the space")
             if name not in valid:
-                raise InputError(f"{source}: {key} is not a {model if section == 'model' else 'training'} setting; "
+                raise SpaceError(f"{source}: {key} is not a {model if section == 'model' else 'training'} setting; "
                                  f"valid keys are {', '.join(valid)}")
             if any(param.name == name for param in params):
-                raise InputError(f"{source}: {key} appears twice; keep one entry")
+                raise SpaceError(f"{source}: {key} appears twice; keep one entry")
             annotation = int if name == "seq_len" else types[section][name]
             params.append(_parse_param(source, key, "data" if name == "seq_len" else section, name, raw, annotation,
                                        params))
@@ -257,17 +273,17 @@ def _parse_param(source: str, key: str, section: str, name: str, raw: Any, annot
     when = _parse_when(where, raw.get("when"), by_name)
     has_otherwise, otherwise = "otherwise" in raw, _yaml_number(raw.get("otherwise"), annotation)
     if has_otherwise and not when:
-        raise InputError(f"{where}: `otherwise` needs a `when` condition; add one or drop `otherwise`")
+        raise SpaceError(f"{where}: `otherwise` needs a `when` condition; add one or drop `otherwise`")
     if "choices" in raw:
         _check_keys(where, raw, _CHOICE_KEYS)
         choices = raw["choices"]
         if not isinstance(choices, list) or not choices:
-            raise InputError(f"{where}: choices must be a non-empty list, e.g. choices: [16, 32, 64]")
+            raise SpaceError(f"{where}: choices must be a non-empty list, e.g. choices: [16, 32, 64]")
         if any(isinstance(choice, (dict, list)) for choice in choices):
-            raise InputError(f"{where}: choices must be plain values (numbers, text, true/false, null)")
+            raise SpaceError(f"{where}: choices must be plain values (numbers, text, true/false, null)")
         choices = [_yaml_number(choice, annotation) for choice in choices]
         if len(set(map(repr, choices))) != len(choices):
-            raise InputError(f"{where}: choices repeat a value; list each once")
+            raise SpaceError(f"{where}: choices repeat a value; list each once")
         divides = raw.get("divides")
         if divides is not None:
             _check_divides(where, divides, choices, by_name)
@@ -279,18 +295,19 @@ def _parse_param(source: str, key: str, section: str, name: str, raw: Any, annot
         low, high = (_bound(where, which, raw.get(which), kind, by_name) for which in ("low", "high"))
         step, log = raw.get("step"), raw.get("log", False)
         if not isinstance(log, bool):
-            raise InputError(f"{where}: log must be true or false")
+            raise SpaceError(f"{where}: log must be true or false")
         if step is not None:
             if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0 or (
                     kind == "int" and not isinstance(step, int)):
-                raise InputError(f"{where}: step {step!r} must be a positive {'integer' if kind == 'int' else 'number'}")
+                kind_name = "integer" if kind == "int" else "number"
+                raise SpaceError(f"{where}: step {step!r} must be a positive {kind_name}")
             if log:
-                raise InputError(f"{where}: Optuna cannot combine step and log; drop one")
+                raise SpaceError(f"{where}: Optuna cannot combine step and log; drop one")
         param = Param(name, section, kind, low=low, high=high, step=step, log=log, when=when,
                       has_otherwise=has_otherwise, otherwise=otherwise)
         _check_range(where, param, by_name)
         return param
-    raise InputError(f"{where}: give a value, {{choices: [...]}} or {{low: ..., high: ...}}")
+    raise SpaceError(f"{where}: give a value, {{choices: [...]}} or {{low: ..., high: ...}}")
 
 
 def _yaml_number(value: Any, annotation: Any) -> Any:
@@ -308,7 +325,7 @@ def _yaml_number(value: Any, annotation: Any) -> Any:
 def _check_keys(where: str, raw: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(map(str, raw)) - allowed)
     if unknown:
-        raise InputError(f"{where}: unknown key {unknown[0]!r}; valid keys here are {', '.join(sorted(allowed))}")
+        raise SpaceError(f"{where}: unknown key {unknown[0]!r}; valid keys here are {', '.join(sorted(allowed))}")
 
 
 def _range_kind(where: str, annotation: Any) -> str:
@@ -319,29 +336,29 @@ def _range_kind(where: str, annotation: Any) -> str:
     if options == {float}:
         return "float"
     names = "/".join(sorted(getattr(option, "__name__", str(option)) for option in options))
-    raise InputError(f"{where} is a {names} setting, not a number; use choices: [...]")
+    raise SpaceError(f"{where} is a {names} setting, not a number; use choices: [...]")
 
 
 def _bound(where: str, which: str, value: Any, kind: str, by_name: dict[str, Param]) -> int | float | str:
     """A range bound: a number (YAML's `1e-3` text counts) or the name of an earlier numeric parameter."""
     if value is None:
-        raise InputError(f"{where}: a range needs both low and high")
+        raise SpaceError(f"{where}: a range needs both low and high")
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
             if value not in by_name:
-                raise InputError(f"{where}: {which} names {value!r}, which is not a parameter above it; "
+                raise SpaceError(f"{where}: {which} names {value!r}, which is not a parameter above it; "
                                  f"use a number or move {value!r} higher in the file") from None
             if _extent(by_name[value], by_name) is None:
-                raise InputError(f"{where}: {which} names {value!r}, which is not always a number; "
+                raise SpaceError(f"{where}: {which} names {value!r}, which is not always a number; "
                                  f"give {value!r} numeric values (and an `otherwise` if it has a `when`)")
             return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{where}: {which} {value!r} must be a finite number or an earlier parameter's name")
+        raise SpaceError(f"{where}: {which} {value!r} must be a finite number or an earlier parameter's name")
     if kind == "int":
         if value != int(value):
-            raise InputError(f"{where}: {which} {value!r} must be a whole number (the setting is an integer)")
+            raise SpaceError(f"{where}: {which} {value!r} must be a whole number (the setting is an integer)")
         return int(value)
     return float(value)
 
@@ -381,15 +398,15 @@ def _check_range(where: str, param: Param, by_name: dict[str, Param]) -> None:
     smallest_high, _ = _bound_extent(param.high, by_name)
     if not isinstance(param.low, str) and not isinstance(param.high, str):
         if param.low > param.high:
-            raise InputError(f"{where}: low {param.low} > high {param.high} leaves an empty range; "
+            raise SpaceError(f"{where}: low {param.low} > high {param.high} leaves an empty range; "
                              "make low <= high")
     elif param.low != param.high and largest_low > smallest_high:
         low = param.low if not isinstance(param.low, str) else f"{param.low} (up to {largest_low:g})"
         high = param.high if not isinstance(param.high, str) else f"{param.high} (as low as {smallest_high:g})"
-        raise InputError(f"{where}: impossible constraint: low {low} can exceed high {high}; "
+        raise SpaceError(f"{where}: impossible constraint: low {low} can exceed high {high}; "
                          "narrow the ranges so low <= high always holds")
     if param.log and smallest_low <= 0:
-        raise InputError(f"{where}: a log range needs low > 0 (low can be {smallest_low:g}); raise low or drop log")
+        raise SpaceError(f"{where}: a log range needs low > 0 (low can be {smallest_low:g}); raise low or drop log")
 
 
 def _parse_when(where: str, raw: Any, by_name: dict[str, Param]) -> dict[str, tuple[Any, ...]]:
@@ -397,17 +414,17 @@ def _parse_when(where: str, raw: Any, by_name: dict[str, Param]) -> dict[str, tu
     if raw is None:
         return {}
     if not isinstance(raw, dict) or not raw:
-        raise InputError(f"{where}: when must map an earlier parameter to its value(s), e.g. when: {{variant: paper}}")
+        raise SpaceError(f"{where}: when must map an earlier parameter to its value(s), e.g. when: {{variant: paper}}")
     when = {}
     for name, allowed in raw.items():
         if name not in by_name:
-            raise InputError(f"{where}: when names {name!r}, which is not a parameter above it; "
+            raise SpaceError(f"{where}: when names {name!r}, which is not a parameter above it; "
                              f"move {name!r} higher in the file")
         allowed = tuple(allowed) if isinstance(allowed, list) else (allowed,)
         referenced = by_name[name]
         possible = _possible_values(referenced)
         if possible is not None and not set(map(repr, allowed)) & set(map(repr, possible)):
-            raise InputError(f"{where}: impossible constraint: {name} is never {list(allowed)!r} "
+            raise SpaceError(f"{where}: impossible constraint: {name} is never {list(allowed)!r} "
                              f"(it is one of {list(possible)!r}); fix the condition")
         when[name] = allowed
     return when
@@ -427,10 +444,10 @@ def _possible_values(param: Param) -> tuple[Any, ...] | None:
 def _check_divides(where: str, divides: Any, choices: list[Any], by_name: dict[str, Param]) -> None:
     """`divides: NAME`: integer choices, NAME an earlier integer parameter, and each of its values has a divisor."""
     if not isinstance(divides, str) or divides not in by_name:
-        raise InputError(f"{where}: divides names {divides!r}, which is not a parameter above it; "
+        raise SpaceError(f"{where}: divides names {divides!r}, which is not a parameter above it; "
                          "move it higher in the file")
     if not all(isinstance(choice, int) and not isinstance(choice, bool) and choice > 0 for choice in choices):
-        raise InputError(f"{where}: divides needs positive integer choices")
+        raise SpaceError(f"{where}: divides needs positive integer choices")
     referenced = by_name[divides]
     values = _possible_values(referenced)
     if values is None and referenced.kind == "int" and not referenced.when:
@@ -440,10 +457,10 @@ def _check_divides(where: str, divides: Any, choices: list[Any], by_name: dict[s
         if (high - low) / step <= _MAX_ENUMERATED:
             values = tuple(range(int(low), int(high) + 1, step))
     if values is None or not all(isinstance(value, int) and not isinstance(value, bool) for value in values):
-        raise InputError(f"{where}: divides names {divides!r}, which must be an integer parameter with known values")
+        raise SpaceError(f"{where}: divides names {divides!r}, which must be an integer parameter with known values")
     for value in values:
         if not any(value % choice == 0 for choice in choices):
-            raise InputError(f"{where}: impossible constraint: no choice in {choices} divides {divides}={value}; "
+            raise SpaceError(f"{where}: impossible constraint: no choice in {choices} divides {divides}={value}; "
                              f"add a divisor of {value} or drop {value} from {divides}")
 
 

@@ -9,18 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import matplotlib.pyplot as plt
+import optuna
 import yaml
+from optuna.visualization import matplotlib as optuna_plots
 
-from benchmarks.models import PROTOCOL_FIELDS
+from benchmarks.experiment import Experiment
+from benchmarks.models.registry import PROTOCOL_FIELDS
 from search.progress import trial_state
 from search.space import ProposedConfig, SearchSpace
 from search.trial import SEARCH_METRIC
 
 if TYPE_CHECKING:
-    import optuna
     from ray.tune.experiment import Trial
-
-    from search.trial import ResolvedTrial
 
 BEST_CONFIG_FILE = "best_config.yaml"
 PLOT_FILES = ("optimization_history.png", "param_importances.png")
@@ -82,14 +83,16 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def best_config(model: str, dataset: str, pred_len: int, best: TrialSummary, resolved: ResolvedTrial) -> dict[str, Any]:
+def best_config(best: TrialSummary, experiment: Experiment) -> dict[str, Any]:
     """The best trial as a `--configs` entry: the full resolved model config and the searched training settings.
 
     Epochs and batch limits are the search's budget, not part of the config, so they are left to the benchmark.
     """
-    model_overrides = {key: value for key, value in resolved.model_config.items() if key not in PROTOCOL_FIELDS}
-    return {"model": model, "dataset": dataset, "pred_len": pred_len, "seq_len": resolved.spec.seq_len,
-            "model_overrides": model_overrides, "train_overrides": dict(best.proposed.train)}
+    model_overrides = {key: value for key, value in experiment.model_config_dict().items()
+                       if key not in PROTOCOL_FIELDS}
+    return {"model": experiment.model, "dataset": experiment.dataset, "pred_len": experiment.pred_len,
+            "seq_len": experiment.seq_len, "model_overrides": model_overrides,
+            "train_overrides": dict(best.proposed.train)}
 
 
 def write_best_config(path: Path, entry: dict[str, Any], comment: str) -> Path:
@@ -101,8 +104,6 @@ def write_best_config(path: Path, entry: dict[str, Any], comment: str) -> Path:
 
 def rebuild_study(summaries: list[TrialSummary], space: SearchSpace) -> optuna.Study:
     """An in-memory Optuna study holding the finished trials (complete with their value, or failed), in order."""
-    import optuna
-
     distributions = space.outer_distributions()
     study = optuna.create_study(direction="minimize", study_name="search")
     for summary in summaries:
@@ -131,13 +132,6 @@ def _contains(distribution: optuna.distributions.BaseDistribution, value: Any) -
 
 def write_plots(study: optuna.Study, directory: Path) -> tuple[list[Path], list[str]]:
     """The optimisation history and parameter importances as PNGs; (written paths, why any plot was skipped)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as optuna_plots
-
     directory.mkdir(parents=True, exist_ok=True)
     written, skipped = [], []
     complete = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]

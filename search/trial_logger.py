@@ -11,14 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from benchmarks.errors import InputError
-from search.trial import TrialSetup, resolve_trial
-from search.trial_runs import LiveTrialRun, TrialRuns
+from search.space import EXPERIMENT_KEY, SearchSpace
+from search.trial_runs import LiveTrialRun, TrialRuns, TrialTracking
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
-
-    from benchmarks.tracking import TrackingConfig
 
 
 class TrialLogger(Callback):
@@ -28,9 +25,9 @@ class TrialLogger(Callback):
     is made in `setup` (when a Tune run starts) and never pickled.
     """
 
-    def __init__(self, tracking: TrackingConfig, trial_setup: TrialSetup, trials_log_themselves: bool) -> None:
+    def __init__(self, tracking: TrialTracking, space: SearchSpace, trials_log_themselves: bool) -> None:
         self.tracking = tracking
-        self.trial_setup = trial_setup
+        self.space = space
         self.trials_log_themselves = trials_log_themselves
         self.runs: TrialRuns | None = None
         self.live: dict[str, LiveTrialRun] = {}
@@ -43,13 +40,9 @@ class TrialLogger(Callback):
         self.live = {}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        if self.trials_log_themselves or trial.trial_id in self.live:
-            return
-        try:
-            resolved = resolve_trial(self.trial_setup, self.trial_setup.space.decode(trial.config))
-        except InputError:
-            return  # the trial fails the same way; on_trial_error records it with the error
-        live = self.runs.open(trial.trial_id, resolved)
+        if self.trials_log_themselves or trial.trial_id in self.live or EXPERIMENT_KEY not in trial.config:
+            return  # a proposal that is no valid experiment fails; on_trial_error records it with the error
+        live = self.runs.open(trial.trial_id, trial.config[EXPERIMENT_KEY])
         if live is not None:
             self.live[trial.trial_id] = live
 
@@ -63,13 +56,13 @@ class TrialLogger(Callback):
         result = trial.last_result or {}
         live = self.live.pop(trial.trial_id, None)
         if "test_mse" not in result:
-            self.runs.end(trial.trial_id, "stopped", params=self.trial_setup.space.decode(trial.config).flat())
+            self.runs.end(trial.trial_id, "stopped", params=self.space.decode(trial.config).flat())
         elif live is not None:
             live.finish(result, Path(result["artifact_dir"]))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.live.pop(trial.trial_id, None)
-        params = self.trial_setup.space.decode(trial.config).flat()
+        params = self.space.decode(trial.config).flat()
         self.runs.end(trial.trial_id, "failed", error=error_line(trial), params=params)
 
 

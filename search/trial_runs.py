@@ -3,83 +3,96 @@ logged twice; each ends FINISHED (trained and tested, or stopped early by ASHA),
 """
 from __future__ import annotations
 
-import dataclasses
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Sequence
 
-from benchmarks.tracking import (
-    FINAL_METRICS,
-    TrackedRun,
-    TrackingConfig,
-    resolve_tracking_uri,
-    start_run,
-    tracking_client,
-)
+from mlflow.entities import Metric, Run
 
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
-    from mlflow.entities import Run
+from benchmarks.experiment import Experiment
+from benchmarks.tracking.store import TrackingStore
+from benchmarks.tracking.writer import RunWriter
+from benchmarks.training.callbacks import FINAL_METRICS, EpochReport, ExperimentResult, TrainingCallback
 
-    from search.trial import ResolvedTrial
-
+TRIAL_KIND = "trial"
 TRIAL_ID_TAG = "trial_id"
 STATE_TAG = "trial_state"   # finished | stopped | failed | interrupted
 ERROR_TAG = "error"
 ENDED = ("FINISHED", "FAILED")
 
 
+@dataclass(frozen=True)
+class TrialTracking:
+    """Where a search's child runs go: the store, the MLflow experiment, the parent run and the tags every child gets.
+    Picklable: trials that log themselves (an http(s) server) receive it."""
+
+    store: TrackingStore
+    experiment: str
+    parent_run_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
 class LiveTrialRun:
     """An open child run: epochs are logged once each (by step), then it is finished, stopped or failed."""
 
-    def __init__(self, run: TrackedRun, logged_epochs: set[int]) -> None:
-        self.run = run
+    def __init__(self, writer: RunWriter, logged_epochs: set[int]) -> None:
+        self.writer = writer
         self.logged_epochs = logged_epochs
 
     @property
     def run_id(self) -> str:
-        return self.run.run_id
+        return self.writer.run_id
 
     def log_epoch(self, row: dict[str, float]) -> None:
         """Log one epoch's metrics (step = epoch) unless that epoch is already in the run (a resumed trial)."""
         epoch = int(row["epoch"])
         if epoch in self.logged_epochs:
             return
-        self.run.log_epochs([row])
+        self.writer.log_epochs([row])
         self.logged_epochs.add(epoch)
 
     def finish(self, final: dict[str, Any], artifact_dir: Path | None) -> None:
         """Log the final metrics and the artifact folder, then mark the run FINISHED."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        self.run.client.log_batch(self.run_id, metrics=[Metric(name, float(final[name]), now, 0)
-                                                        for name in FINAL_METRICS])
+        client = self.writer.client
+        client.log_batch(self.run_id, metrics=[Metric(name, float(final[name]), now, 0) for name in FINAL_METRICS])
         if artifact_dir is not None and Path(artifact_dir).is_dir():
-            self.run.client.log_artifacts(self.run_id, str(artifact_dir))
-        end_run(self.run.client, self.run_id, "finished")
+            client.log_artifacts(self.run_id, str(artifact_dir))
+        end_run(self.writer, "finished")
+
+
+class TrialRunCallback(TrainingCallback):
+    """A trial that logs its own child run (an http(s) server): epochs as they end, the end once tested."""
+
+    def __init__(self, live: LiveTrialRun) -> None:
+        self.live = live
+
+    def on_start(self, experiment: Experiment, history: Sequence[dict[str, float]]) -> None:
+        for row in history:
+            self.live.log_epoch(row)
+
+    def on_epoch(self, report: EpochReport) -> None:
+        self.live.log_epoch(report.row())
+
+    def on_end(self, result: ExperimentResult) -> None:
+        self.live.finish(result.final_metrics(), result.artifact_dir)
 
 
 class TrialRuns:
-    """Finds, opens and ends the child runs of the search whose parent run is `tracking.parent_run_id`.
+    """Finds, opens and ends the child runs of the search whose parent is `tracking.parent_run_id`."""
 
-    `tracking` carries the store, experiment, parent and the tags every child gets (kind=trial, protocol ...).
-    """
-
-    def __init__(self, tracking: TrackingConfig) -> None:
-        self.tracking = dataclasses.replace(tracking, uri=resolve_tracking_uri(tracking.uri), kind="trial")
-        self.client: MlflowClient = tracking_client(self.tracking.uri)
-        experiment = self.client.get_experiment_by_name(self.tracking.experiment)
-        if experiment is None:
-            raise RuntimeError(f"MLflow experiment {self.tracking.experiment!r} vanished from {self.tracking.uri}")
-        self.experiment_id = experiment.experiment_id
+    def __init__(self, tracking: TrialTracking) -> None:
+        self.tracking = tracking
+        self.client = tracking.store.client()
+        self.experiment_id = tracking.store.experiment_id(tracking.experiment)
 
     def all(self) -> list[Run]:
         """Every child run of this search's parent (trials only)."""
         return self.client.search_runs(
             [self.experiment_id],
             filter_string=(f"tags.`mlflow.parentRunId` = '{self.tracking.parent_run_id}' "
-                           "and tags.`mixbench.kind` = 'trial'"),
+                           f"and tags.`mixbench.kind` = '{TRIAL_KIND}'"),
             max_results=10_000,
         )
 
@@ -93,22 +106,21 @@ class TrialRuns:
         )
         return runs[0] if runs else None
 
-    def open(self, trial_id: str, resolved: ResolvedTrial) -> LiveTrialRun | None:
+    def open(self, trial_id: str, experiment: Experiment) -> LiveTrialRun | None:
         """The trial's run, created with its tags and params or reopened to go on; None if it already ended."""
         existing = self.find(trial_id)
         if existing is None:
-            tracking = dataclasses.replace(self.tracking, run_name=f"trial-{trial_id}",
-                                           tags={**self.tracking.tags, TRIAL_ID_TAG: trial_id})
-            run = start_run(tracking, resolved.spec, resolved.model_config, resolved.train_config,
-                            resolved.data_config)
-            return LiveTrialRun(run, set())
+            writer = RunWriter.create(self.tracking.store, self.tracking.experiment, experiment, kind=TRIAL_KIND,
+                                      run_name=f"trial-{trial_id}", parent_run_id=self.tracking.parent_run_id,
+                                      tags={**self.tracking.tags, TRIAL_ID_TAG: trial_id})
+            return LiveTrialRun(writer, set())
         if existing.info.status in ENDED:
             return None
         run_id = existing.info.run_id
         if existing.info.status != "RUNNING":
             self.client.update_run(run_id, status="RUNNING")
         logged = {metric.step for metric in self.client.get_metric_history(run_id, "val_loss")}
-        return LiveTrialRun(TrackedRun(self.client, run_id, self.tracking.uri), logged)
+        return LiveTrialRun(RunWriter.reopen(self.tracking.store, run_id), logged)
 
     def end(self, trial_id: str, state: str, *, error: str | None = None, params: dict[str, Any] | None = None) -> None:
         """End the trial's run as `state` (stopped, failed or interrupted), creating a bare one if it has none yet.
@@ -119,7 +131,7 @@ class TrialRuns:
         if existing is not None and existing.info.status in ENDED:
             return
         if existing is None:
-            tags = {"mixbench.kind": "trial", "mlflow.parentRunId": self.tracking.parent_run_id or "",
+            tags = {"mixbench.kind": TRIAL_KIND, "mlflow.parentRunId": self.tracking.parent_run_id,
                     TRIAL_ID_TAG: trial_id, **self.tracking.tags}
             run_id = self.client.create_run(self.experiment_id, run_name=f"trial-{trial_id}", tags=tags).info.run_id
             for key, value in (params or {}).items():
@@ -128,11 +140,12 @@ class TrialRuns:
             run_id = existing.info.run_id
         if error is not None:
             self.client.set_tag(run_id, ERROR_TAG, error[:5000])
-        end_run(self.client, run_id, state)
+        end_run(RunWriter.reopen(self.tracking.store, run_id), state)
 
 
-def end_run(client: MlflowClient, run_id: str, state: str) -> None:
+def end_run(writer: RunWriter, state: str) -> None:
     """Tag the run's trial state and set its MLflow status: finished/stopped FINISHED, failed FAILED, else KILLED."""
-    client.set_tag(run_id, STATE_TAG, state)
-    status = {"finished": "FINISHED", "stopped": "FINISHED", "failed": "FAILED"}.get(state, "KILLED")
-    client.set_terminated(run_id, status=status)
+    writer.client.set_tag(writer.run_id, STATE_TAG, state)
+    writer.client.set_terminated(writer.run_id,
+                                 status={"finished": "FINISHED", "stopped": "FINISHED", "failed": "FAILED"}.get(
+                                     state, "KILLED"))

@@ -27,13 +27,13 @@ def out_of_gpu_memory(monkeypatch):
     """
     import torch
 
-    import benchmarks.models
+    from benchmarks.experiment import Experiment
 
-    real_build_model = benchmarks.models.build_model
+    real_build_model = Experiment.build_model
 
     def arm(after: int) -> None:
-        def build_model(*args, **kwargs):
-            model, config = real_build_model(*args, **kwargs)
+        def build_model(experiment):
+            model = real_build_model(experiment)
             forwards = 0
 
             def allocate(module, inputs, output):
@@ -43,8 +43,8 @@ def out_of_gpu_memory(monkeypatch):
                     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
             model.register_forward_hook(allocate)
-            return model, config
+            return model
 
-        monkeypatch.setattr(benchmarks.models, "build_model", build_model)
+        monkeypatch.setattr(Experiment, "build_model", build_model)
 
     return arm

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 import cli
+from benchmarks.errors import MixbenchError
+from cluster.job_server import ClusterLostError, JobServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--model", "dlinear", "--dataset", "ETTh1"]
@@ -23,27 +26,27 @@ MATRIX: list[tuple[list[str], str]] = [
     (["--no-such-flag"], "No such option '--no-such-flag'"),
     (["train", "--dataset", "ETTh1"], "Missing option '--model'"),
     # datasets
-    (["train", "--model", "dlinear", "--dataset", "ettx9"], "unknown dataset 'ettx9'"),
+    (["train", "--model", "dlinear", "--dataset", "ettx9"], "unknown --dataset 'ettx9'"),
     (["data", "info", "nope"], "unknown dataset 'nope'"),
-    (TRAIN + ["--data-dir", "{data}", "--seq-len", "20000", "--pred-len", "96"], "seq_len"),
+    (TRAIN + ["--data-dir", "{data}", "--seq-len", "20000", "--pred-len", "96"], "use a shorter --seq-len"),
     # models and --set
-    (["train", "--model", "nope", "--dataset", "ETTh1"], "unknown model 'nope'"),
+    (["train", "--model", "nope", "--dataset", "ETTh1"], "--model 'nope'"),
     (TRAIN + ["--set", "moving_avg"], "is not key=value"),
-    (TRAIN + ["--set", "nosuch=1"], "dlinear has no such setting"),
-    (TRAIN + ["--set", "learning_rate=1e-3"], "training settings take the train. prefix"),
-    (TRAIN + ["--set", "seq_len=48"], "use --seq-len / --pred-len instead"),
+    (TRAIN + ["--set", "nosuch=1"], "name the section, model.nosuch or train.nosuch"),
+    (TRAIN + ["--set", "model.nosuch=1"], "--set model.nosuch is not a dlinear setting"),
+    (TRAIN + ["--set", "model.seq_len=48"], "--set model.seq_len comes from the data protocol"),
     (TRAIN + ["--set", "train.learning_rate=-1"], "train.learning_rate=-1 is invalid"),
     (TRAIN + ["--set", "train.optimizer=sgd"], "train.optimizer='sgd' is invalid"),
-    (TRAIN + ["--set", "train.nosuch=1"], "unknown training setting"),
+    (TRAIN + ["--set", "train.nosuch=1"], "--set train.nosuch is not a dlinear setting"),
     (TRAIN + ["--set", "train.batch_size=[1"], "the value is not valid YAML"),
     # flags, horizons, seeds, devices
     (TRAIN + ["--pred-len", "abc"], "Invalid value for '--pred-len'"),
     (TRAIN + ["--seed", "1.5"], "Invalid value for '--seed'"),
     (TRAIN + ["--features", "X"], "Invalid value for '--features'"),
-    (TRAIN + ["--epochs", "0"], "train.epochs=0 is invalid"),
-    (TRAIN + ["--limit-train-batches", "-2"], "train.limit_train_batches=-2 is invalid"),
+    (TRAIN + ["--epochs", "0"], "--epochs=0 is invalid"),
+    (TRAIN + ["--limit-train-batches", "-2"], "--limit-train-batches=-2 is invalid"),
     (TRAIN + ["--device", "tpu"], "device 'tpu'"),
-    (["data", "info", "ETTh1", "--data-dir", "{data}", "--pred-len", "0"], "pred_len"),
+    (["data", "info", "ETTh1", "--data-dir", "{data}", "--pred-len", "0"], "--pred-len must be a positive integer"),
     # tracking URIs and the UI
     (TRAIN + ["--tracking-uri", "http://127.0.0.1:1"], "does not answer"),
     (TRAIN + ["--tracking-uri", "http://user:hunter2@127.0.0.1:1"], "http://***@127.0.0.1:1 does not answer"),
@@ -65,7 +68,8 @@ MATRIX: list[tuple[list[str], str]] = [
     (SEARCH + ["--resume", "--storage-path", "{tmp}/ray"], "--resume: no search to resume"),
     # benchmark, leaderboard, table: lists, configs, formats, outputs
     (["benchmark", "--data-dir", "{data}", "--datasets", ","], "--datasets ',' is empty"),
-    (["benchmark", "--data-dir", "{data}", "--datasets", "ETTh1", "--horizons", "96,x"], "must be comma-separated integers"),
+    (["benchmark", "--data-dir", "{data}", "--datasets", "ETTh1", "--horizons", "96,x"],
+     "must be comma-separated integers"),
     (["benchmark", "--data-dir", "{data}", "--datasets", "ETTh1", "--configs", "{tmp}/missing.yaml"], "--configs"),
     (["benchmark", "--data-dir", "{data}", "--datasets", "ETTh1", "--seeds", "0"], "--seeds"),
     (["benchmark", "--data-dir", "{data}", "--datasets", "ETTh1", "--models", "nope"], "nope"),
@@ -77,7 +81,8 @@ MATRIX: list[tuple[list[str], str]] = [
     (["submit", "--working-dir", "{repo}", "--address", "http://127.0.0.1:1"], "nothing to run"),
     (["submit", "--working-dir", "{repo}", "--address", "http://127.0.0.1:1", "--", "search", "--dataset", "ETTh1"],
      "--tracking-uri: required in cluster mode"),
-    (["submit", "--working-dir", "{repo}", "--address", "http://127.0.0.1:1", "--env", "BAD", "--", "search", "--dataset", "ETTh1"],
+    (["submit", "--working-dir", "{repo}", "--address", "http://127.0.0.1:1", "--env", "BAD", "--", "search",
+      "--dataset", "ETTh1"],
      "--env BAD"),
     (["submit", "--working-dir", "{repo}", "--address", "http://127.0.0.1:1", "--tracking-uri", "http://127.0.0.1:5000",
       "--storage-path", "{tmp}/ray", "--", "ui"], "no Ray job server answers there"),
@@ -116,7 +121,7 @@ def test_bad_input_is_one_line_and_exit_2(arguments: list[str], message: str, wo
 
 @pytest.mark.parametrize(("arguments", "message"), [
     (["bogus"], "No such command 'bogus'"),
-    (TRAIN + ["--set", "nosuch=1"], "dlinear has no such setting"),
+    (TRAIN + ["--set", "nosuch=1"], "--set 'nosuch=1': name the section"),
     (SEARCH + ["--address", "127.0.0.1:1"], "nothing answers there"),
     (TRAIN + ["--data-dir", "{tmp}/empty"], "downloading ETT-small/ETTh1.csv"),
 ])
@@ -134,7 +139,95 @@ def test_the_real_entry_point_answers_one_line_and_exit_2(arguments: list[str], 
 
 def test_debug_shows_the_traceback(workdir: Path) -> None:
     """The one-line form is a choice, not a swallowed error: --debug re-raises."""
-    from benchmarks.errors import InputError
-
-    with pytest.raises(InputError, match="unknown model 'nope'"):
+    with pytest.raises(MixbenchError, match="model 'nope'") as raised:
         cli.main(["--debug", "train", "--model", "nope", "--dataset", "ETTh1"])
+    assert raised.value.setting == "model"
+
+
+@click.command()
+@click.option("--pred-len", type=int)
+@click.option("--time-budget", "time_budget_s", type=float)
+@click.option("-f", "--format", "output_format")
+@click.option("--set", "settings", multiple=True)
+@click.argument("dataset")
+def with_set(pred_len: int, time_budget_s: float, output_format: str, settings: tuple[str, ...], dataset: str) -> None:
+    """A command shaped like `mixbench train`: options named as their flag or not, `--set`, an argument."""
+
+
+@click.command()
+@click.option("--pred-len", type=int)
+def without_set(pred_len: int) -> None:
+    """A command shaped like `mixbench search`: model settings come from a file, not from `--set`."""
+
+
+@pytest.mark.parametrize(("command", "setting", "flag"), [
+    (with_set, "pred_len", "--pred-len"),
+    (with_set, "pred-len", "--pred-len"),
+    (with_set, "time_budget_s", "--time-budget"),  # the option's name differs from its flag
+    (with_set, "format", "--format"),  # the setting is spelt as the flag, the option is named output_format
+    (with_set, "output_format", "--format"),  # the longest flag, not -f
+    (with_set, "settings", "--set"),
+    (with_set, "model.d_model", "--set model.d_model"),
+    (with_set, "train.batch_size", "--set train.batch_size"),
+    (with_set, "dataset", "dataset"),  # an argument has no flag
+    (with_set, "experiment", "experiment"),  # no such option
+    (without_set, "model.d_model", "model.d_model"),  # no --set to name
+])
+def test_a_setting_is_spelt_as_the_flag_of_the_command(command: click.Command, setting: str, flag: str) -> None:
+    assert cli.flag_for(command, setting) == flag
+
+
+@pytest.mark.parametrize(("arguments", "name"), [
+    (["--debug", "train", "--model", "x"], "train"),
+    (["jobs", "list", "--address", "http://x:1"], "list"),
+    (["submit", "--address", "http://x:1", "--", "jobs", "list"], "submit"),
+    ([], "cli"),
+])
+def test_the_invoked_command_is_found_again_from_the_arguments(arguments: list[str], name: str) -> None:
+    assert cli.invoked_command(arguments).name == name
+
+
+SUBMIT = ["submit", "--working-dir", "{repo}", "--address", "http://127.0.0.1:1"]
+
+
+# (arguments, the whole line): library errors name a setting; the CLI writes it as the flag of the command run.
+RENDERED: list[tuple[list[str], str]] = [
+    (SEARCH + ["--trials", "0"], "error: --trials 0 must be a positive integer"),
+    (SEARCH + ["--time-budget", "-5"], "error: --time-budget -5.0 must be >= 0 seconds (0 = no budget)"),
+    (TRAIN + ["--set", "train.learning_rate=-1"],
+     "error: --set train.learning_rate=-1 is invalid; set it to a positive number"),
+    (SUBMIT + ["--env", "1BAD=x", "--", "search"], "error: --env 1BAD: not a variable name; write --env NAME=VALUE"),
+    (SUBMIT + ["--", "search"],
+     "error: --tracking-uri: required in cluster mode; give the MLflow tracking server's URL (e.g. http://HEAD:5000, "
+     "see docs/cluster.md), or allow local tracking on a one-node cluster"),
+    (["jobs", "list", "--address", "ftp://head"],
+     "error: --address ftp://head: give the head node's dashboard URL, e.g. http://HEAD:8265"),
+    (["leaderboard", "--runs", "{tmp}/none.csv"],
+     "error: --runs {tmp}/none.csv: no such file; write one with `mixbench export`"),
+    (["table", "--tracking-uri", "sqlite:///{tmp}/none.db"],
+     "error: no MLflow store at {tmp}/none.db; run `mixbench benchmark` first or pass --tracking-uri (default: "
+     "$MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "line"), RENDERED, ids=[" ".join(row[0])[:60] for row in RENDERED])
+def test_the_cli_writes_the_setting_at_fault_as_its_flag(arguments: list[str], line: str, workdir: Path,
+                                                        shared_data_dir: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(fill(arguments, workdir, shared_data_dir))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == line.format(tmp=workdir) + "\n"
+
+
+def test_a_cluster_that_stops_answering_exits_4(workdir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    def lost(cls, address: str, token_file: Path | None = None) -> JobServer:
+        raise ClusterLostError(f"lost contact with the job server at {address}: Connection reset by peer")
+
+    monkeypatch.setattr(JobServer, "connect", classmethod(lost))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["jobs", "list", "--address", "http://head:8265"])
+    assert exit_info.value.code == 4
+    assert capsys.readouterr().err == ("error: lost contact with the job server at http://head:8265: "
+                                       "Connection reset by peer\n")

@@ -1,7 +1,8 @@
-"""The model contract every baseline keeps: shapes at all horizons, a zero aux loss, instance-norm equivariance, and
-enough capacity to overfit one fixed batch."""
+"""The model contract every baseline keeps: shapes at all horizons, a zero aux loss, instance-norm equivariance,
+enough capacity to overfit one fixed batch, and a frozen config."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -87,3 +88,11 @@ def test_a_fixed_batch_is_overfit(name):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10, f"loss went {losses[0]:.4f} -> {losses[-1]:.4f}"
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_config_is_frozen(name):
+    config = TINY[name](32, 8, 3).config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.pred_len = 16
+    assert dataclasses.replace(config, pred_len=16).pred_len == 16

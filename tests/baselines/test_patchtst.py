@@ -45,7 +45,7 @@ def test_parameter_count_does_not_depend_on_channels():
 @pytest.mark.parametrize("seq_len, patch_len, stride, expected", [(96, 16, 8, 12), (36, 16, 8, 4), (100, 24, 12, 8)])
 def test_patch_count_follows_tslib(seq_len, patch_len, stride, expected):
     config = PatchTSTConfig(seq_len, 24, 3, patch_len=patch_len, stride=stride)
-    assert config.num_patches == int((seq_len - patch_len) / stride + 2) == expected
+    assert config.patch_num == int((seq_len - patch_len) / stride + 2) == expected
 
 
 def test_channels_are_forecast_independently():

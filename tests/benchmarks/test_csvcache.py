@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.csvcache import CACHE_FORMAT, cache_dir, load_csv, parse_csv
-from benchmarks.errors import InputError
+from benchmarks.data.csvcache import CACHE_FORMAT, cache_dir, load_csv, parse_csv
+from benchmarks.errors import DataError
 
 
 @pytest.fixture(autouse=True)
@@ -82,9 +82,9 @@ def test_a_repeated_timestamp_is_kept(tmp_path):
     ("date,a,OT\n2020-01-01,1,2\n,2,3\n", ["no date at row 2 (line 3)"]),
     ("date,a,OT\n1,1,2\n2,2,3\n", ["holds int64 values, not timestamps"]),
 ])
-def test_bad_content_is_one_line_input_error_naming_the_file(tmp_path, content, fragments):
+def test_bad_content_is_one_line_data_error_naming_the_file(tmp_path, content, fragments):
     path = write(tmp_path / "bad.csv", content)
-    with pytest.raises(InputError) as error:
+    with pytest.raises(DataError) as error:
         parse_csv(path)
     message = str(error.value)
     assert "\n" not in message
@@ -134,7 +134,7 @@ def test_failing_cache_write_leaves_no_file_and_still_loads(tmp_path, private_ca
 
 def test_bad_csv_is_never_cached(tmp_path, private_cache):
     path = write(tmp_path / "bad.csv", "date,a\n2020-01-01,nan\n")
-    with pytest.raises(InputError):
+    with pytest.raises(DataError):
         load_csv(path, sha256_of(path))
     assert not (private_cache / "csv").exists() or not any((private_cache / "csv").iterdir())
 

@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.data import DataProtocol, WindowedSplit, load_forecast_data
-from benchmarks.errors import InputError
-from benchmarks.timefeatures import time_features
+from benchmarks.data.files import resolve_dataset
+from benchmarks.data.protocol import DataProtocol, ForecastData, WindowedSplit, load_forecast_data
+from benchmarks.data.timefeatures import time_features
+from benchmarks.errors import DataError, SettingError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -22,14 +23,19 @@ def private_cache(tmp_path_factory):
         yield
 
 
+def load(name: str, protocol: DataProtocol = DataProtocol(), data_dir: Path | None = None, **options) -> ForecastData:
+    """Registered dataset `name` from `data_dir` under `protocol`, as a command loads it."""
+    return load_forecast_data(resolve_dataset(name, data_dir, **options), protocol)
+
+
 @pytest.fixture(scope="module")
 def weather(shared_data_dir):
-    return load_forecast_data("weather", DataProtocol(seq_len=96, pred_len=96), data_dir=shared_data_dir)
+    return load("weather", DataProtocol(seq_len=96, pred_len=96), shared_data_dir)
 
 
 @pytest.fixture(scope="module")
 def etth1(shared_data_dir):
-    return load_forecast_data("ETTh1", DataProtocol(seq_len=96, pred_len=96), data_dir=shared_data_dir)
+    return load("ETTh1", DataProtocol(seq_len=96, pred_len=96), shared_data_dir)
 
 
 def raw_csv(path: Path) -> pd.DataFrame:
@@ -63,13 +69,13 @@ def test_shapes_and_channels(weather):
     assert weather.columns[-1] == "OT"
     assert weather.train.values.dtype == torch.float32 and weather.train.values.is_contiguous()
     assert weather.train.values.shape == (36_887, 21) and weather.train.marks.shape == (36_887, 4)
-    assert weather.sha256 == "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63"
+    assert weather.file.sha256 == "34ee981d07313e51da2a50bb600072c8ae4a69cb4b0651f4cb93a069d7a2ba63"
 
 
 @pytest.mark.parametrize("name, train_rows", [("weather", 36_887), ("ETTh1", 8_640)])
 def test_scaler_is_mean_and_population_std_of_training_rows(shared_data_dir, weather, etth1, name, train_rows):
     data = weather if name == "weather" else etth1
-    frame = raw_csv(data.path)
+    frame = raw_csv(data.file.path)
     train = frame[list(data.columns)].to_numpy()[:train_rows]
     np.testing.assert_allclose(data.scaler_mean, train.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(data.scaler_std, train.std(axis=0, ddof=0), rtol=1e-12)
@@ -78,7 +84,7 @@ def test_scaler_is_mean_and_population_std_of_training_rows(shared_data_dir, wea
 
 @pytest.mark.parametrize("split_name, start", [("train", 0), ("val", 36_887 - 96), ("test", 52_696 - 10_539 - 96)])
 def test_windows_equal_naive_slices_of_the_scaled_csv(weather, split_name, start):
-    frame = raw_csv(weather.path)
+    frame = raw_csv(weather.file.path)
     scaled = (frame[list(weather.columns)].to_numpy() - weather.scaler_mean) / weather.scaler_std
     marks = time_features(pd.to_datetime(frame["date"]).to_numpy(), "h")
     split = getattr(weather, split_name)
@@ -118,10 +124,10 @@ def test_limit_caps_batches_and_the_last_batch_is_partial(etth1):
 
 
 def test_s_and_ms_on_etth1(shared_data_dir):
-    single = load_forecast_data("ETTh1", DataProtocol(features="S"), data_dir=shared_data_dir)
+    single = load("ETTh1", DataProtocol(features="S"), shared_data_dir)
     assert (single.n_channels, single.n_targets, single.columns) == (1, 1, ("OT",))
     assert single.train.batch(torch.tensor([0])).x.shape == (1, 96, 1)
-    multi = load_forecast_data("ETTh1", DataProtocol(features="MS"), data_dir=shared_data_dir)
+    multi = load("ETTh1", DataProtocol(features="MS"), shared_data_dir)
     assert (multi.n_channels, multi.n_targets) == (7, 1)
     assert multi.columns == ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
     # S scales the target alone: the same statistics as the target column under MS
@@ -129,8 +135,8 @@ def test_s_and_ms_on_etth1(shared_data_dir):
 
 
 def test_unscaled_data_keeps_the_csv_values(shared_data_dir):
-    data = load_forecast_data("ETTh1", DataProtocol(scale=False), data_dir=shared_data_dir)
-    frame = raw_csv(data.path)
+    data = load("ETTh1", DataProtocol(scale=False), shared_data_dir)
+    frame = raw_csv(data.file.path)
     np.testing.assert_allclose(data.test.values.numpy(), frame[list(data.columns)].to_numpy()[11_424:14_400],
                                rtol=1e-6)
     np.testing.assert_array_equal(data.scaler_mean, np.zeros(7))
@@ -146,26 +152,26 @@ def test_to_moves_every_split(etth1):
 
 def test_custom_datasets_move_the_target_last(tmp_path):
     write_csv(tmp_path / "illness" / "national_illness.csv", 200, columns=("a", "OT", "b"))
-    data = load_forecast_data("illness", DataProtocol(seq_len=8, pred_len=4, features="MS"), data_dir=tmp_path)
+    data = load("illness", DataProtocol(seq_len=8, pred_len=4, features="MS"), tmp_path)
     assert data.columns == ("a", "b", "OT")
-    other_target = load_forecast_data("illness", DataProtocol(seq_len=8, pred_len=4, target="a"), data_dir=tmp_path)
+    other_target = load("illness", DataProtocol(seq_len=8, pred_len=4, target="a"), tmp_path)
     assert other_target.columns == ("OT", "b", "a")
 
 
 def test_ett_keeps_the_file_column_order(tmp_path):
     write_csv(tmp_path / "ETT-small" / "ETTh2.csv", 14_400, columns=("HUFL", "OT", "LULL"))
-    data = load_forecast_data("ETTh2", DataProtocol(seq_len=8, pred_len=4), data_dir=tmp_path)
+    data = load("ETTh2", DataProtocol(seq_len=8, pred_len=4), tmp_path)
     assert data.columns == ("HUFL", "OT", "LULL")
-    with pytest.raises(InputError, match="forecasts its last column 'LULL' under MS"):
-        load_forecast_data("ETTh2", DataProtocol(seq_len=8, pred_len=4, features="MS"), data_dir=tmp_path)
-    assert load_forecast_data("ETTh2", DataProtocol(seq_len=8, pred_len=4, features="MS", target="LULL"),
-                              data_dir=tmp_path).columns[-1] == "LULL"
+    with pytest.raises(SettingError, match="forecasts its last column 'LULL' under MS, not target 'OT'"):
+        load("ETTh2", DataProtocol(seq_len=8, pred_len=4, features="MS"), tmp_path)
+    assert load("ETTh2", DataProtocol(seq_len=8, pred_len=4, features="MS", target="LULL"), tmp_path).columns[-1] \
+        == "LULL"
 
 
 def test_every_window_is_visited_once_per_pass(tmp_path):
     write_csv(tmp_path / "illness" / "national_illness.csv", 300)
     protocol = DataProtocol(seq_len=5, pred_len=3, scale=False)
-    data = load_forecast_data("illness", protocol, data_dir=tmp_path)
+    data = load("illness", protocol, tmp_path)
     for split in (data.train, data.val, data.test):
         for shuffle in (False, True):
             batches = list(split.iter_batches(7, shuffle=shuffle, generator=torch.Generator().manual_seed(1)))
@@ -182,7 +188,7 @@ def test_every_window_is_visited_once_per_pass(tmp_path):
 
 def test_shuffle_is_reproducible_from_the_generator(tmp_path):
     write_csv(tmp_path / "illness" / "national_illness.csv", 300)
-    data = load_forecast_data("illness", DataProtocol(seq_len=5, pred_len=3, scale=False), data_dir=tmp_path)
+    data = load("illness", DataProtocol(seq_len=5, pred_len=3, scale=False), tmp_path)
 
     def order(seed: int) -> list[float]:
         generator = torch.Generator().manual_seed(seed)
@@ -196,7 +202,7 @@ def test_shuffle_is_reproducible_from_the_generator(tmp_path):
 @given(rows=st.integers(2, 40), seq_len=st.integers(1, 12), pred_len=st.integers(1, 12), data=st.data())
 def test_window_split_matches_naive_slicing(rows, seq_len, pred_len, data):
     if rows < seq_len + pred_len:
-        with pytest.raises(InputError, match="fewer than seq_len \\+ pred_len"):
+        with pytest.raises(DataError, match="fewer than seq_len \\+ pred_len"):
             WindowedSplit("train", torch.zeros(rows, 2), torch.zeros(rows, 1), seq_len, pred_len, 0)
         return
     values = torch.randn(rows, 3)
@@ -222,9 +228,10 @@ def test_window_split_matches_naive_slicing(rows, seq_len, pred_len, data):
     ({"target": ""}, "target must be a column name"),
     ({"freq": "fortnight"}, "freq 'fortnight' is not a supported"),
 ])
-def test_bad_protocol_is_input_error(kwargs, fragment):
-    with pytest.raises(InputError, match=fragment.replace("+", "\\+")):
+def test_bad_protocol_is_setting_error(kwargs, fragment):
+    with pytest.raises(SettingError, match=fragment.replace("+", "\\+")) as error:
         DataProtocol(**kwargs)
+    assert error.value.setting == fragment.split()[0]
 
 
 def test_protocol_is_frozen_with_tslib_defaults():
@@ -235,31 +242,37 @@ def test_protocol_is_frozen_with_tslib_defaults():
         protocol.seq_len = 1
 
 
-def test_unknown_dataset_suggests_the_closest(tmp_path):
-    with pytest.raises(InputError, match="did you mean 'weather'"):
-        load_forecast_data("wheather", data_dir=tmp_path)
+def test_loading_reads_the_resolved_file_and_hashes_nothing(shared_data_dir, monkeypatch):
+    file = resolve_dataset("ETTh1", shared_data_dir)
+    monkeypatch.setattr("benchmarks.data.files._hash_contents", lambda path: pytest.fail(f"{path} hashed again"))
+    data = load_forecast_data(file, DataProtocol(seq_len=48, pred_len=24))
+    assert data.file is file and data.columns[-1] == "OT" and len(data.train) == 8_640 - 48 - 24 + 1
 
 
 @pytest.mark.parametrize("features", ["S", "MS", "M"])
-def test_missing_target_is_input_error(tmp_path, features):
+def test_missing_target_is_setting_error(tmp_path, features):
     write_csv(tmp_path / "illness" / "national_illness.csv", 200, columns=("a", "b"))
-    with pytest.raises(InputError, match="target 'OT' is not a column of .*national_illness.csv .*'a', 'b'"):
-        load_forecast_data("illness", DataProtocol(seq_len=8, pred_len=4, features=features), data_dir=tmp_path)
+    with pytest.raises(SettingError, match="target 'OT' is not a column of .*national_illness.csv .*'a', 'b'"):
+        load("illness", DataProtocol(seq_len=8, pred_len=4, features=features), tmp_path)
 
 
 def test_split_too_short_for_the_windows_names_the_split(tmp_path):
     write_csv(tmp_path / "illness" / "national_illness.csv", 100)
     # 100 rows: 70 train, 10 val, 20 test; a 12-row forecast leaves no val window
-    with pytest.raises(InputError, match="illness: the val split has 18 rows, fewer than seq_len \\+ pred_len = 20"):
-        load_forecast_data("illness", DataProtocol(seq_len=8, pred_len=12), data_dir=tmp_path)
-    with pytest.raises(InputError, match="seq_len 80 reaches before the first row"):
-        load_forecast_data("illness", DataProtocol(seq_len=80, pred_len=4), data_dir=tmp_path)
+    with pytest.raises(DataError, match="illness: the val split has 18 rows, fewer than seq_len \\+ pred_len = 20") \
+            as error:
+        load("illness", DataProtocol(seq_len=8, pred_len=12), tmp_path)
+    assert error.value.setting == "pred_len"
+    assert error.value.render(lambda setting: "--pred-len").endswith("use a shorter seq_len or --pred-len")
+    with pytest.raises(DataError, match="seq_len 80 reaches before the first row") as error:
+        load("illness", DataProtocol(seq_len=80, pred_len=4), tmp_path)
+    assert error.value.setting == "seq_len"
 
 
-def test_truncated_ett_file_is_input_error(tmp_path):
+def test_truncated_ett_file_is_data_error(tmp_path):
     write_csv(tmp_path / "ETT-small" / "ETTm2.csv", 1_000)
-    with pytest.raises(InputError, match="has 1,000 rows but the ETTm2 split reads rows up to 57,600"):
-        load_forecast_data("ETTm2", DataProtocol(seq_len=8, pred_len=4), data_dir=tmp_path)
+    with pytest.raises(DataError, match="has 1,000 rows but the ETTm2 split reads rows up to 57,600"):
+        load("ETTm2", DataProtocol(seq_len=8, pred_len=4), tmp_path)
 
 
 @pytest.mark.parametrize("content, fragment", [
@@ -273,24 +286,20 @@ def test_bad_csv_in_a_known_hash_slot_loads_only_unverified_and_then_fails(tmp_p
     path = tmp_path / "ETT-small" / "ETTh1.csv"
     path.parent.mkdir(parents=True)
     path.write_text(content)
-    with pytest.raises(InputError, match="should have f18de3ad"):
-        load_forecast_data("ETTh1", data_dir=tmp_path)
-    with pytest.raises(InputError, match=fragment) as error:
-        load_forecast_data("ETTh1", data_dir=tmp_path, verify=False)
+    with pytest.raises(DataError, match="should have f18de3ad"):
+        resolve_dataset("ETTh1", tmp_path)
+    with pytest.raises(DataError, match=fragment) as error:
+        load("ETTh1", data_dir=tmp_path, verify=False)
     assert "\n" not in str(error.value) and str(path) in str(error.value)
 
 
-def test_missing_file_without_download_is_input_error(tmp_path):
-    with pytest.raises(InputError, match="national_illness.csv is missing"):
-        load_forecast_data("illness", data_dir=tmp_path, download=False)
-
-
-def test_bad_batch_arguments_are_input_errors(etth1):
-    with pytest.raises(InputError, match="batch_size must be a positive integer"):
+def test_bad_batch_arguments_are_programming_errors(etth1):
+    # the user's batch size and limits are checked where they enter (TrainConfig); these guard library callers
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         next(etth1.val.iter_batches(0))
-    with pytest.raises(InputError, match="limit must be None or a non-negative integer"):
+    with pytest.raises(ValueError, match="limit must be None or a non-negative integer"):
         next(etth1.val.iter_batches(4, limit=-1))
-    with pytest.raises(InputError, match="must lie in \\[0, 2785\\)"):
+    with pytest.raises(IndexError, match="must lie in \\[0, 2785\\)"):
         etth1.val.batch(torch.tensor([2785]))
-    with pytest.raises(InputError, match="must be integers"):
+    with pytest.raises(TypeError, match="must be integers"):
         etth1.val.batch(torch.tensor([0.5]))

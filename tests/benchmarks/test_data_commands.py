@@ -1,17 +1,20 @@
 """`mixbench data list / download / info` through the real CLI entry points, and the shared --data-dir option."""
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import click
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 import cli
-from benchmarks.data_commands import data_dir_option
+from benchmarks.data.command import data_dir_option
+from benchmarks.data.files import resolve_dataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,20 +103,37 @@ def test_download_refuses_to_keep_a_modified_copy_silently(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["data", "info", "wether"], "error: unknown dataset 'wether'; did you mean 'weather'?"),
-    (["data", "info", "weather", "--seq-len", "0"], "error: seq_len must be a positive integer, got 0"),
-    (["data", "info", "weather", "--pred-len", "-1"], "error: pred_len must be a positive integer, got -1"),
-    (["data", "info", "illness", "--features", "S", "--target", "nope"], "error: target 'nope' is not a column"),
-    (["data", "download", "electricty"], "error: unknown dataset 'electricty'; did you mean 'electricity'?"),
+    (["data", "info", "wether"], "'wether'; did you mean 'weather'?"),
+    (["data", "info", "weather", "--seq-len", "0"], "error: --seq-len must be a positive integer, got 0"),
+    (["data", "info", "weather", "--pred-len", "-1"], "error: --pred-len must be a positive integer, got -1"),
+    (["data", "info", "illness", "--features", "S", "--target", "nope"], "error: --target 'nope' is not a column"),
+    (["data", "info", "illness", "--seq-len", "8", "--pred-len", "12"],
+     "error: illness: the train split has 19 rows, fewer than seq_len + --pred-len = 20"),
+    (["data", "info", "ETTh1"], "ETTh1.csv is missing; run `mixbench data download ETTh1`, place ETTh1.csv there, "
+                                "or point --data-dir at a folder that holds it"),
+    (["data", "download", "electricty"], "'electricty'; did you mean 'electricity'?"),
 ])
-def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path, capsys, args, fragment):
+def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path, capsys, monkeypatch, args, fragment):
+    monkeypatch.setattr("benchmarks.data.command.resolve_dataset", functools.partial(resolve_dataset, download=False))
     (tmp_path / "illness").mkdir()
     lines = ["date,a,OT"] + [f"2002-01-{day:02d},{day},{day}" for day in range(1, 29)]
     (tmp_path / "illness" / "national_illness.csv").write_text("\n".join(lines) + "\n")
     code, _, err = run_main([*args, "--data-dir", str(tmp_path)], capsys)
     assert code == 2
-    assert err.startswith(fragment), err
+    assert err.startswith("error: ") and fragment in err, err
     assert err.count("\n") == 1
+
+
+def test_info_on_a_modified_copy_needs_no_verify(tmp_path, capsys):
+    (tmp_path / "ETT-small").mkdir()
+    lines = ["date,HUFL,OT"] + [f"{day} {hour:02d}:00:00,{hour},1" for day in pd.date_range("2016-07-01", periods=600)
+                                for hour in range(24)]
+    (tmp_path / "ETT-small" / "ETTh1.csv").write_text("\n".join(lines) + "\n")
+    code, _, err = run_main(["data", "info", "ETTh1", "--data-dir", str(tmp_path)], capsys)
+    assert code == 2 and "should have f18de3ad" in err and "mixbench data download ETTh1 --force" in err
+    assert "--verify off" in err
+    code, out, _ = run_main(["data", "info", "ETTh1", "--no-verify", "--data-dir", str(tmp_path)], capsys)
+    assert code == 0 and "(DIFFERS from the registry)" in out and "2 in, 2 out" in out
 
 
 @pytest.mark.parametrize("command", [["data"], ["data", "list"], ["data", "download"], ["data", "info"]])

@@ -1,4 +1,5 @@
-"""Dataset files: the data dir, checksums and their memo, verification, and downloads that never leave partial files.
+"""Dataset files: the data dir, resolving a name to its checked file, checksums and their memo (one hash per file and
+process), and downloads that never leave partial files.
 
 Downloads run in subprocesses because huggingface_hub reads HF_ENDPOINT / HF_HUB_OFFLINE when it is imported. The
 success and checksum-mismatch paths use a local HTTP server that answers like the Hub's `resolve` endpoint, since
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -16,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import datafiles
-from benchmarks.datafiles import (dataset_path, ensure_file, file_sha256, file_status, resolve_data_dir,
-                                  verify_file)
-from benchmarks.datasets import get_dataset
-from benchmarks.errors import InputError
+from benchmarks.data import files as datafiles
+from benchmarks.data.files import DatasetFile, dataset_path, file_sha256, file_status, resolve_data_dir, resolve_dataset
+from benchmarks.data.registry import get_dataset
+from benchmarks.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ETTH1_SHA256 = "f18de3ad269cef59bb07b5438d79bb3042d3be49bdeecf01c1cd6d29695ee066"
@@ -72,19 +73,49 @@ def test_damaged_hash_memo_is_recomputed(tmp_path, private_cache):
     assert file_sha256(path) == hashlib.sha256(b"content").hexdigest()
 
 
+def test_resolve_dataset_gives_the_registry_entry_absolute_path_and_hash(shared_data_dir):
+    file = resolve_dataset("etth1", shared_data_dir)
+    assert file == DatasetFile(spec=get_dataset("ETTh1"), path=shared_data_dir / "ETT-small" / "ETTh1.csv",
+                               sha256=ETTH1_SHA256)
+    assert (file.name, file.n_channels) == ("ETTh1", 7)
+    assert pickle.loads(pickle.dumps(file)) == file
+
+
+def test_resolved_path_is_absolute_for_a_relative_data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rel" / "illness").mkdir(parents=True)
+    (tmp_path / "rel" / "illness" / "national_illness.csv").write_text("date,OT\n2002-01-01,1\n")
+    file = resolve_dataset("illness", "rel")
+    assert file.path.is_absolute() and file.path == tmp_path / "rel" / "illness" / "national_illness.csv"
+
+
+def test_a_file_is_hashed_once_per_process(tmp_path, monkeypatch):
+    path = tmp_path / "illness" / "national_illness.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("date,OT\n2002-01-01,1\n")
+    hashed = []
+    real_hash = datafiles._hash_contents
+    monkeypatch.setattr(datafiles, "_hash_contents", lambda file: hashed.append(file) or real_hash(file))
+    first = resolve_dataset("illness", tmp_path)
+    assert resolve_dataset("ILLNESS", tmp_path) == first
+    assert file_status(get_dataset("illness"), tmp_path).sha256 == first.sha256
+    assert hashed == [path]
+
+
 def test_known_hash_file_with_other_content_fails_verification(tmp_path):
     spec = get_dataset("ETTh1")
     path = dataset_path(spec, tmp_path)
     path.parent.mkdir(parents=True)
     path.write_text("date,OT\n2016-07-01 00:00:00,1.0\n")
     actual = hashlib.sha256(path.read_bytes()).hexdigest()
-    with pytest.raises(InputError) as error:
-        verify_file(spec, path)
+    with pytest.raises(DataError) as error:
+        resolve_dataset("ETTh1", tmp_path)
     message = str(error.value)
     assert actual in message and ETTH1_SHA256 in message and str(path) in message
-    assert "\n" not in message
+    assert "mixbench data download ETTh1 --force" in message and message.endswith("turn verify off")
+    assert error.value.setting == "verify" and "\n" not in message
     assert file_status(spec, tmp_path).verified is False
-    assert ensure_file(spec, tmp_path, verify=False) == (path, actual)
+    assert resolve_dataset("ETTh1", tmp_path, verify=False) == DatasetFile(spec, path, actual)
 
 
 def test_file_without_reference_hash_is_present_but_unverified(tmp_path):
@@ -94,16 +125,24 @@ def test_file_without_reference_hash_is_present_but_unverified(tmp_path):
     path.write_text("date,OT\n2002-01-01,1\n")
     status = file_status(spec, tmp_path)
     assert status.present and status.verified is None
-    assert ensure_file(spec, tmp_path)[0] == path
+    assert resolve_dataset("illness", tmp_path).path == path
 
 
 def test_missing_file_without_download_names_the_path(tmp_path):
-    spec = get_dataset("weather")
-    with pytest.raises(InputError) as error:
-        ensure_file(spec, tmp_path, download=False)
-    assert str(tmp_path / "weather" / "weather.csv") in str(error.value)
-    assert "mixbench data download weather" in str(error.value)
-    assert file_status(spec, tmp_path).present is False
+    with pytest.raises(DataError) as error:
+        resolve_dataset("weather", tmp_path, download=False)
+    message = str(error.value)
+    assert str(tmp_path / "weather" / "weather.csv") in message
+    assert "mixbench data download weather" in message
+    assert error.value.setting == "data_dir" and "point data_dir at a folder" in message
+    assert file_status(get_dataset("weather"), tmp_path).present is False
+
+
+def test_unknown_dataset_names_the_setting(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'wheather'; did you mean 'weather'") as error:
+        resolve_dataset("wheather", tmp_path)
+    assert error.value.setting == "dataset"
+    assert error.value.render(lambda setting: "--" + setting).startswith("unknown --dataset 'wheather'")
 
 
 # --- downloads, in subprocesses ---------------------------------------------------------------------------------
@@ -202,11 +241,16 @@ def test_downloaded_file_with_wrong_sha256_is_not_kept(local_hub, tmp_path):
 def test_missing_file_is_downloaded_when_loading(local_hub, tmp_path, shared_data_dir):
     local_hub.files["ETT-small/ETTh1.csv"] = (shared_data_dir / "ETT-small" / "ETTh1.csv").read_bytes()
     data_dir = tmp_path / "data"
-    script = ("from benchmarks.data import load_forecast_data; "
-              f"data = load_forecast_data('ETTh1', data_dir={str(data_dir)!r}); print(len(data.train), data.sha256)")
+    # the download is hashed once, before it is moved into place; resolving it again and loading it hash nothing
+    script = ("from benchmarks.data import files; from benchmarks.data.protocol import load_forecast_data; "
+              "hashed = []; real = files._hash_contents; "
+              "files._hash_contents = lambda path: hashed.append(path) or real(path); "
+              f"file = files.resolve_dataset('ETTh1', {str(data_dir)!r}); "
+              f"assert files.resolve_dataset('etth1', {str(data_dir)!r}) == file; "
+              "data = load_forecast_data(file); print(len(data.train), data.file.sha256, len(hashed))")
     result = run_python(["-c", script], tmp_path, HF_ENDPOINT=local_hub.endpoint)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["8449", ETTH1_SHA256]
+    assert result.stdout.split() == ["8449", ETTH1_SHA256, "1"]
 
 
 def test_file_missing_on_the_hub_is_one_line_error_and_leaves_nothing(local_hub, tmp_path):
@@ -222,8 +266,7 @@ def test_file_missing_on_the_hub_is_one_line_error_and_leaves_nothing(local_hub,
 
 def test_offline_download_is_one_line_error_naming_the_expected_path(tmp_path):
     data_dir = tmp_path / "data"
-    script = ("from benchmarks.datafiles import ensure_file; from benchmarks.datasets import get_dataset; "
-              f"ensure_file(get_dataset('weather'), {str(data_dir)!r})")
+    script = f"from benchmarks.data.files import resolve_dataset; resolve_dataset('weather', {str(data_dir)!r})"
     result = run_python(["-m", "cli", "data", "download", "weather", "--data-dir", str(data_dir)], tmp_path,
                         HF_HUB_OFFLINE="1")
     assert result.returncode == 2
@@ -232,5 +275,6 @@ def test_offline_download_is_one_line_error_naming_the_expected_path(tmp_path):
     assert str(data_dir / "weather" / "weather.csv") in result.stderr
     assert files_under(data_dir) == []
     library = run_python(["-c", script], tmp_path, HF_HUB_OFFLINE="1")
-    assert "InputError" in library.stderr and str(data_dir / "weather" / "weather.csv") in library.stderr
+    assert "DataError" in library.stderr and str(data_dir / "weather" / "weather.csv") in library.stderr
+    assert "point data_dir / MIXBENCH_DATA_DIR at a folder" in library.stderr
     assert files_under(data_dir) == []

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks.datasets import DATASETS, dataset_names, get_dataset, split_bounds
-from benchmarks.errors import InputError
+from benchmarks.data.registry import DATASETS, get_dataset, split_bounds
+from benchmarks.errors import DataError
 
 TSLIB_LAYOUT = {
     "weather": "weather/weather.csv",
@@ -24,7 +24,7 @@ TSLIB_LAYOUT = {
 
 def test_registry_holds_the_nine_tslib_datasets_in_their_layout():
     assert {name: spec.path for name, spec in DATASETS.items()} == TSLIB_LAYOUT
-    assert dataset_names() == list(TSLIB_LAYOUT)
+    assert list(DATASETS) == list(TSLIB_LAYOUT)
 
 
 def test_known_checksums_are_recorded():
@@ -49,10 +49,10 @@ def test_lookup_ignores_case(typed, expected):
 @pytest.mark.parametrize("typed, closest", [("wether", "weather"), ("ETTh3", "ETTh"), ("electricty", "electricity"),
                                             ("ili", "illness")])
 def test_unknown_name_suggests_the_closest(typed, closest):
-    with pytest.raises(InputError) as error:
+    with pytest.raises(DataError) as error:
         get_dataset(typed)
     message = str(error.value)
-    assert "\n" not in message
+    assert error.value.setting == "dataset" and "\n" not in message
     assert f"unknown dataset {typed!r}" in message
     assert f"did you mean '{closest}" in message
 

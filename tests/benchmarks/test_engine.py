@@ -3,7 +3,6 @@ test metrics over every window, saved weights, artifacts, divergence and GPU out
 batches."""
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
 import numpy as np
@@ -12,19 +11,15 @@ import torch
 import yaml
 from safetensors.torch import load_file, load_model
 
-from benchmarks.data import DataProtocol, load_forecast_data
-from benchmarks.engine import (
-    ExperimentSpec,
-    GpuOutOfMemoryError,
-    NonFiniteLossError,
-    TrainConfig,
-    evaluate,
-    resolve_experiment,
-    run_experiment,
-    scheduled_learning_rate,
-)
-from benchmarks.errors import InputError
-from benchmarks.models import PROTOCOL_FIELDS, build_model, recipe
+from benchmarks.data.files import resolve_dataset
+from benchmarks.data.protocol import DataProtocol, load_forecast_data
+from benchmarks.errors import SettingError
+from benchmarks.experiment import Experiment, resolve_experiment
+from benchmarks.models.registry import recipe
+from benchmarks.training.callbacks import TrainingCallback
+from benchmarks.training.config import TrainConfig
+from benchmarks.training.engine import GpuOutOfMemoryError, NonFiniteLossError, run_experiment, scheduled_learning_rate
+from benchmarks.training.evaluation import evaluate
 
 TINY_MODELS = {
     "dlinear": {},
@@ -33,18 +28,26 @@ TINY_MODELS = {
 }
 
 
-def tiny_spec(data_dir, model="dlinear", seed=2021, features="M", **train) -> ExperimentSpec:
+def tiny_spec(data_dir, model="dlinear", seed=2021, features="M", **train) -> Experiment:
     settings = {"epochs": 2, "batch_size": 16, "limit_train_batches": 3, "limit_eval_batches": 2, **train}
-    return ExperimentSpec(dataset="ETTh1", model=model, seq_len=48, pred_len=24, features=features, seed=seed,
-                          device="cpu", data_dir=str(data_dir), model_overrides=dict(TINY_MODELS[model]),
-                          train_overrides=settings)
+    return resolve_experiment(
+        model, resolve_dataset("ETTh1", data_dir), pred_len=24, seq_len=48, features=features, seed=seed,
+        device="cpu", settings={**{f"model.{key}": value for key, value in TINY_MODELS[model].items()},
+                                **{f"train.{key}": value for key, value in settings.items()}})
 
 
 def fresh_model(result):
-    overrides = {key: value for key, value in result.model_config.items() if key not in PROTOCOL_FIELDS}
-    config = result.model_config
-    model, _ = build_model(result.spec.model, config["seq_len"], config["pred_len"], config["enc_in"], overrides)
-    return model
+    return result.experiment.build_model()
+
+
+class OnEpoch(TrainingCallback):
+    """A callback that hands each epoch's report to `function`."""
+
+    def __init__(self, function) -> None:
+        self.function = function
+
+    def on_epoch(self, report) -> None:
+        self.function(report)
 
 
 def test_same_seed_gives_identical_runs_and_another_seed_differs(shared_data_dir, tmp_path):
@@ -69,7 +72,7 @@ def test_test_metrics_cover_every_window_and_saved_weights_reproduce_them(shared
     spec = tiny_spec(shared_data_dir, batch_size=64, limit_eval_batches=None, epochs=1)
     result = run_experiment(spec, artifact_dir=tmp_path)
 
-    data = load_forecast_data("ETTh1", DataProtocol(seq_len=48, pred_len=24), data_dir=shared_data_dir)
+    data = load_forecast_data(spec.data, DataProtocol(seq_len=48, pred_len=24))
     assert data.test.num_windows % 64 != 0  # the last batch is partial: a mean of batch means would differ
     model = fresh_model(result)
     load_model(model, tmp_path / "model" / "weights.safetensors")
@@ -81,13 +84,15 @@ def test_test_metrics_cover_every_window_and_saved_weights_reproduce_them(shared
     assert result.test_mse == pytest.approx(np.mean(error**2), rel=1e-6)
     assert result.test_mae == pytest.approx(np.mean(np.abs(error)), rel=1e-6)
     # The public evaluate() on the reloaded weights gives the engine's numbers exactly.
-    assert evaluate(model, data.test, features="M", batch_size=64) == (result.test_mse, result.test_mae)
+    score = evaluate(model, data.test, features="M", batch_size=64)
+    assert (score.mse, score.mae) == (result.test_mse, result.test_mae)
+    assert result.test_windows == result.test_windows_total == data.test.num_windows
 
 
 def test_ms_scores_only_the_target_channel(shared_data_dir, tmp_path):
     result = run_experiment(tiny_spec(shared_data_dir, features="MS", epochs=1, limit_eval_batches=1),
                             artifact_dir=tmp_path)
-    data = load_forecast_data("ETTh1", DataProtocol(seq_len=48, pred_len=24, features="MS"), data_dir=shared_data_dir)
+    data = load_forecast_data(result.experiment.data, DataProtocol(seq_len=48, pred_len=24, features="MS"))
     model = fresh_model(result)
     load_model(model, tmp_path / "model" / "weights.safetensors")
     model.eval()
@@ -107,7 +112,7 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(share
         states[report.epoch] = report.state()
 
     spec = tiny_spec(shared_data_dir, epochs=8, patience=1, learning_rate=0.5, lradj="constant")
-    result = run_experiment(spec, on_epoch=keep_state, artifact_dir=tmp_path)
+    result = run_experiment(spec, callbacks=[OnEpoch(keep_state)], artifact_dir=tmp_path)
 
     val = [row["val_loss"] for row in result.history]
     assert result.epochs_run < 8
@@ -133,7 +138,7 @@ def test_val_metric_chooses_what_early_stopping_and_the_kept_checkpoint_watch(lo
                      val_metric=val_metric)
     result = run_experiment(spec, artifact_dir=tmp_path)
 
-    assert result.train_config["val_metric"] == val_metric
+    assert result.experiment.train.val_metric == val_metric
     assert [row["val_loss"] for row in result.history] == [row[watched] for row in result.history]
     assert all(row["val_mse"] != row["val_mae"] for row in result.history)
     assert result.best_val_loss == min(row[watched] for row in result.history)
@@ -165,12 +170,12 @@ def test_resuming_from_a_saved_state_matches_an_uninterrupted_run(shared_data_di
         torch.save(report.state(), path)
         checkpoints[report.epoch] = path
 
-    whole = run_experiment(spec, on_epoch=save, artifact_dir=tmp_path / "whole")
+    whole = run_experiment(spec, callbacks=[OnEpoch(save)], artifact_dir=tmp_path / "whole")
     state = torch.load(checkpoints[1], weights_only=True)
     resumed = run_experiment(spec, resume_state=state, artifact_dir=tmp_path / "resumed")
 
     assert state["epoch"] == 1
-    assert resumed.history == [
+    assert list(resumed.history) == [
         {**row, "epoch_seconds": resumed.history[index]["epoch_seconds"],
          "samples_per_s": resumed.history[index]["samples_per_s"]} if index >= 1 else row
         for index, row in enumerate(whole.history)
@@ -190,7 +195,8 @@ def test_raising_from_on_epoch_stops_training(shared_data_dir, tmp_path):
         raise Stop
 
     with pytest.raises(Stop):
-        run_experiment(tiny_spec(shared_data_dir, epochs=5), on_epoch=stop_after_first, artifact_dir=tmp_path)
+        run_experiment(tiny_spec(shared_data_dir, epochs=5), callbacks=[OnEpoch(stop_after_first)],
+                       artifact_dir=tmp_path)
     assert seen == [1]
 
 
@@ -213,7 +219,7 @@ def test_running_out_of_gpu_memory_names_the_run_the_epoch_and_the_fix(forwards_
 
     assert str(caught.value) == (
         f"dlinear on ETTh1 (pred_len 24) ran out of GPU memory in {where} at batch size 16; lower train.batch_size "
-        "(e.g. --set train.batch_size=8) or give the run a larger GPU share (--gpus-per-trial / --gpus-per-run)"
+        "(e.g. train.batch_size=8) or give the run a larger GPU share"
     )
     assert isinstance(caught.value.__cause__, torch.OutOfMemoryError)
     assert "Tried to allocate 2.00 GiB" in str(caught.value.__cause__)
@@ -232,36 +238,40 @@ def test_mixmamba_writes_config_weights_and_both_plots(shared_data_dir, tmp_path
         assert (tmp_path / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = fresh_model(result)
     load_model(model, tmp_path / "model" / "weights.safetensors")
-    data = load_forecast_data("ETTh1", DataProtocol(seq_len=48, pred_len=24), data_dir=shared_data_dir)
-    assert evaluate(model, data.test, features="M", batch_size=4, limit=2, seed=2021) == (result.test_mse,
-                                                                                         result.test_mae)
+    data = load_forecast_data(result.experiment.data, DataProtocol(seq_len=48, pred_len=24))
+    score = evaluate(model, data.test, features="M", batch_size=4, limit=2, seed=2021)
+    assert (score.mse, score.mae) == (result.test_mse, result.test_mae)
 
 
-def test_resolve_fills_the_recipe_and_overrides_win(shared_data_dir):
+def test_resolve_fills_the_recipe_and_settings_win(shared_data_dir):
+    data = resolve_dataset("ETTh1", shared_data_dir)
     reference = recipe("mixmamba", "ETTh1", 96)
-    plain = resolve_experiment(ExperimentSpec(dataset="ETTh1", model="mixmamba"))
+    plain = resolve_experiment("mixmamba", data, pred_len=96)
     assert plain.train.learning_rate == reference.train["learning_rate"] == 1e-3
     assert plain.train.optimizer == "adamw" and plain.train.loss == "mae"
-    assert plain.model_overrides == reference.model
+    assert all(getattr(plain.model_config, key) == value for key, value in reference.model.items())
 
-    spec = ExperimentSpec(dataset="ETTh1", model="mixmamba", model_overrides={"d_model": 32},
-                          train=TrainConfig(learning_rate=5e-3), train_overrides={"batch_size": 32, "epochs": 2})
-    resolved = resolve_experiment(spec)
-    assert resolved.model_overrides["d_model"] == 32
+    resolved = resolve_experiment("mixmamba", data, pred_len=96, settings={
+        "model.d_model": 32, "train.learning_rate": 5e-3, "train.batch_size": 32, "train.epochs": 2})
+    assert resolved.model_config.d_model == 32
     assert resolved.train.learning_rate == 5e-3 and resolved.train.epochs == 2 and resolved.train.batch_size == 32
-    assert resolve_experiment(resolved) == resolved
+    assert resolved.with_settings({}) == resolved
+    assert resolved.with_settings({"model.d_model": 32}) == resolved
+    assert resolved.with_settings({"seq_len": 192}).model_config.seq_len == 192
 
 
-@pytest.mark.parametrize("setting", [{"optimizer": "sgd"}, {"epochs": 0}, {"learning_rate": "fast"},
-                                     {"batch_size": 2.5}, {"lradj": "type9"}, {"warmup": 3},
-                                     {"val_metric": "rmse"}])
-def test_bad_training_settings_raise_input_error(setting):
-    with pytest.raises(InputError, match=f"{next(iter(setting))}"):
-        resolve_experiment(ExperimentSpec(dataset="ETTh1", model="dlinear", train_overrides=setting))
+@pytest.mark.parametrize("setting", [{"train.optimizer": "sgd"}, {"train.epochs": 0}, {"train.learning_rate": "fast"},
+                                     {"train.batch_size": 2.5}, {"train.lradj": "type9"}, {"train.warmup": 3},
+                                     {"train.val_metric": "rmse"}, {"model.d_model": "wide"}, {"d_model": 8}])
+def test_bad_settings_raise_a_setting_error_naming_the_setting(setting, shared_data_dir):
+    with pytest.raises(SettingError) as caught:
+        resolve_experiment("dlinear" if "model.d_model" not in setting else "mixmamba",
+                           resolve_dataset("ETTh1", shared_data_dir), pred_len=96, settings=setting)
+    assert caught.value.setting == next(iter(setting))
 
 
-def test_an_unavailable_device_is_an_input_error(shared_data_dir):
+def test_an_unavailable_device_is_a_setting_error(shared_data_dir):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    with pytest.raises(InputError, match="no CUDA GPU"):
+    with pytest.raises(SettingError, match="no CUDA GPU"):
         run_experiment(replace(tiny_spec(shared_data_dir), device="cuda"))

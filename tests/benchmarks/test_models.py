@@ -7,8 +7,8 @@ import torch
 import yaml
 
 from baselines import PatchTST, PatchTSTConfig
-from benchmarks.errors import InputError
-from benchmarks.models import (
+from benchmarks.errors import SettingError
+from benchmarks.models.registry import (
     MODEL_NAMES,
     RECIPES_PATH,
     Recipe,
@@ -60,7 +60,7 @@ def test_mixmamba_builds_from_its_weather_recipe():
 
 
 def single_line_input_error(call) -> str:
-    with pytest.raises(InputError) as caught:
+    with pytest.raises(SettingError) as caught:
         call()
     message = str(caught.value)
     assert "\n" not in message
@@ -75,7 +75,7 @@ def test_unknown_model_suggests_the_closest_name():
 
 def test_unknown_override_lists_the_valid_keys():
     message = single_line_input_error(lambda: build_model("itransformer", 96, 96, 7, {"d_modle": 64}))
-    assert "'d_modle'" in message and "did you mean 'd_model'" in message
+    assert "model.d_modle" in message and "did you mean 'd_model'" in message
     assert "d_model, n_heads, e_layers, d_ff, dropout, activation, factor, use_norm" in message
 
 
@@ -148,8 +148,8 @@ def test_datasets_without_an_official_mixmamba_script_reuse_etth1_and_say_so():
                                                    recipe("mixmamba", "ETTh1", 96).train)
 
 
-def test_dataset_names_match_ignoring_case_and_unknown_datasets_get_defaults():
-    assert recipe("patchtst", "etth1", 96) == recipe("patchtst", "ETTh1", 96)
+def test_recipes_take_the_registry_spelling_and_unknown_datasets_get_defaults():
+    assert recipe("patchtst", "ETTh1", 96).source != recipe("patchtst", "etth1", 96).source
     fallback = recipe("dlinear", "weather", 96)
     assert fallback.model == {} and fallback.train["epochs"] == 10 and "no reference script" in fallback.source
 

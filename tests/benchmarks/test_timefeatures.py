@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.errors import InputError
-from benchmarks.timefeatures import n_time_features, time_features
+from benchmarks.data.timefeatures import n_time_features, time_features
+from benchmarks.errors import SettingError
 
 
 def test_hourly_features_follow_tslib_formulas():
@@ -43,6 +43,7 @@ def test_minute_features_start_with_minute_of_hour():
 
 
 @pytest.mark.parametrize("freq", ["fortnight", "ms", "", "15"])
-def test_unknown_frequency_is_input_error(freq):
-    with pytest.raises(InputError, match="not a supported time-feature frequency"):
+def test_unknown_frequency_is_setting_error(freq):
+    with pytest.raises(SettingError, match="not a supported time-feature frequency") as error:
         n_time_features(freq)
+    assert error.value.setting == "freq" and str(error.value).startswith(f"freq {freq!r} ")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow  # a real local Ray cluster with the Jobs API and an MLflow server
 
 SEARCH = ["search", "--dataset", "ETTh1", "--model", "dlinear", "--pred-len", "24",
           "--trials", "2", "--epochs", "1", "--limit-train-batches", "2", "--limit-eval-batches", "2"]
@@ -64,7 +67,8 @@ def test_search_job_runs_on_the_cluster_and_logs_parent_and_child_runs_over_http
 def test_missing_wrong_token_and_non_ray_address_are_one_line_exit_2(ray_cluster, tracking_server, mixbench, tmp_path):
     missing = mixbench.run("jobs", "list", "--address", ray_cluster.address)
     assert missing.returncode == 2
-    assert missing.stderr.startswith(f"error: --address {ray_cluster.address}: the cluster wants its auth token")
+    assert missing.stderr.startswith(f"error: the cluster at {ray_cluster.address} wants its auth token; pass "
+                                     "--token-file FILE")
 
     wrong = tmp_path / "wrong_token"
     wrong.write_text("not-the-clusters-token-5f3a")
@@ -77,6 +81,7 @@ def test_missing_wrong_token_and_non_ray_address_are_one_line_exit_2(ray_cluster
 
     unknown = mixbench.run("jobs", "status", "raysubmit_nosuch", *connection(ray_cluster))
     assert unknown.returncode == 2 and "error: job raysubmit_nosuch: no such job" in unknown.stderr
+    assert "`mixbench jobs list` with the same --address lists them" in unknown.stderr
     for result in (missing, refused, not_ray, unknown):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 

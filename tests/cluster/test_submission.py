@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.errors import InputError
+from benchmarks.errors import ClusterError, SettingError, TrackingError
 from cluster.job_server import check_address, exit_code, read_token
 from cluster.submission import Submission, check_tracking_uri, project_requirements
 
@@ -48,7 +48,7 @@ def test_pip_installs_the_projects_requirements_but_not_a_second_ray():
     try:
         importlib.metadata.requires("mixbench")
     except importlib.metadata.PackageNotFoundError:
-        with pytest.raises(InputError, match="pip install -e"):
+        with pytest.raises(SettingError, match="pip install -e"):
             project_requirements()
         return
     requirements = submission(pip=True).runtime_env()["pip"]
@@ -68,8 +68,9 @@ def test_pip_installs_the_projects_requirements_but_not_a_second_ray():
     ],
 )
 def test_tracking_stores_a_single_machine_holds_are_refused(uri, reason):
-    with pytest.raises(InputError, match=reason) as refused:
+    with pytest.raises(TrackingError, match=reason) as refused:
         check_tracking_uri(uri)
+    assert refused.value.setting == "tracking_uri"
     assert "hunter2" not in str(refused.value)
     assert "\n" not in str(refused.value)
     check_tracking_uri(uri, allow_local=True)
@@ -94,7 +95,7 @@ def test_tracking_servers_are_accepted(uri):
     ],
 )
 def test_bad_submissions_are_refused_with_the_fix(overrides, message):
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(SettingError, match=message):
         submission(**overrides)
 
 
@@ -114,15 +115,15 @@ def test_token_lookup_follows_rays_order(tmp_path, monkeypatch):
     (tmp_path / "flag_token").write_text(" from-flag \n")
     assert read_token(tmp_path / "flag_token") == "from-flag"
     (tmp_path / "empty").write_text("\n")
-    with pytest.raises(InputError, match="empty"):
+    with pytest.raises(ClusterError, match="token_file .*empty"):
         read_token(tmp_path / "empty")
-    with pytest.raises(InputError, match="cannot read"):
+    with pytest.raises(ClusterError, match="cannot read"):
         read_token(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:8265", "ray://head:10001", "http://", "head"])
 def test_addresses_without_a_dashboard_url_are_refused(address):
-    with pytest.raises(InputError, match="dashboard URL"):
+    with pytest.raises(ClusterError, match="dashboard URL"):
         check_address(address)
     assert check_address("http://head:8265/") == "http://head:8265"
 

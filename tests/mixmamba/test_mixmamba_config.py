@@ -1,5 +1,8 @@
-"""MixMambaConfig: the official variant's fixed expert sizes, the paper defaults, and errors that say what to fix."""
+"""MixMambaConfig: the official variant's fixed expert sizes, the paper defaults, errors that say what to fix, and
+its being frozen."""
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -41,3 +44,12 @@ def test_paper_variant_honours_the_expert_sizes():
 def test_bad_settings_raise_with_the_fix(overrides, fix):
     with pytest.raises(ValueError, match=fix):
         MixMambaConfig(seq_len=96, pred_len=96, enc_in=7, **overrides)
+
+
+def test_config_is_frozen_and_replace_checks_again():
+    config = MixMambaConfig(seq_len=96, pred_len=96, enc_in=7, variant="paper")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.d_model = 128
+    assert dataclasses.replace(config, d_model=128).d_model == 128
+    with pytest.raises(ValueError, match="2 <= top_k <= num_experts"):
+        dataclasses.replace(config, top_k=3)

@@ -169,7 +169,7 @@ def test_bfloat16_inputs_give_bfloat16_outputs_and_gradients_near_float64(measur
         assert errors[key]["dtype"] == "float32", key
     for key, error in errors.items():
         # The float32 state leaves only the bf16 rounding of results: at most 2^-8 relative, since Triton's
-        # interpreter truncates float32 -> bf16 where the GPU rounds to nearest (benchmarks/scan_bench.py checks that).
+        # interpreter truncates float32 -> bf16 where the GPU rounds to nearest (benchmarks/speed/scan_bench.py checks that).
         assert error["float64"] <= 8e-3, (key, error)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # kills Ray workers mid-epoch and waits for the resumed trial
+
 SPACE = "model:\n  moving_avg: 25\ntrain:\n  learning_rate: {choices: [0.001, 0.002]}\n  batch_size: 16\n"
 EPOCHS = 4
 
@@ -65,7 +67,8 @@ def test_a_trial_killed_mid_epoch_resumes_from_its_checkpoint(ray_runtime, share
                                                               tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from search.runner import SearchConfig, run_search
+    from search.config import SearchConfig
+    from search.runner import run_search
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)

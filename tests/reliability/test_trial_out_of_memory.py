@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a real Ray Tune search
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPACE = "model:\n  moving_avg: 25\ntrain:\n  learning_rate: {choices: [0.001, 0.002]}\n  batch_size: 16\n"
 CLAIM_ENV = "MIXBENCH_TEST_OUT_OF_MEMORY_CLAIM"
@@ -21,24 +23,24 @@ def first_model_runs_out_of_gpu_memory() -> None:
     """Ray's worker_process_setup_hook: the first model built by any worker raises CUDA's OOM error at its forward."""
     import torch
 
-    import benchmarks.models
+    from benchmarks.experiment import Experiment
 
-    real_build_model = benchmarks.models.build_model
+    real_build_model = Experiment.build_model
 
-    def build_model(*args, **kwargs):
-        model, config = real_build_model(*args, **kwargs)
+    def build_model(experiment):
+        model = real_build_model(experiment)
         try:
             os.close(os.open(os.environ[CLAIM_ENV], os.O_CREAT | os.O_EXCL))  # atomic: one model in the search
         except FileExistsError:
-            return model, config
+            return model
 
         def allocate(module, inputs, output):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
         model.register_forward_hook(allocate)
-        return model, config
+        return model
 
-    benchmarks.models.build_model = build_model
+    Experiment.build_model = build_model
 
 
 @pytest.fixture
@@ -58,7 +60,8 @@ def test_a_trial_out_of_gpu_memory_fails_once_with_the_reason_and_the_search_goe
     from mlflow import MlflowClient
     from ray.tune import ExperimentAnalysis
 
-    from search.runner import SearchConfig, run_search
+    from search.config import SearchConfig
+    from search.runner import run_search
     from search.trial import OUT_OF_MEMORY_FILE, trial_dirname
 
     space = tmp_path / "space.yaml"
@@ -87,8 +90,7 @@ def test_a_trial_out_of_gpu_memory_fails_once_with_the_reason_and_the_search_goe
     assert "val_loss" not in run.data.metrics  # no attempt got through an epoch
     assert run.data.tags["error"] == (
         "GpuOutOfMemoryError: dlinear on ETTh1 (pred_len 24) ran out of GPU memory in epoch 1 (training) at batch "
-        "size 16; lower train.batch_size (e.g. --set train.batch_size=8) or give the run a larger GPU share "
-        "(--gpus-per-trial / --gpus-per-run)"
+        "size 16; lower train.batch_size (e.g. train.batch_size=8) or give the run a larger GPU share"
     )
     (finished,) = [item for trial_id, item in by_trial.items() if trial_id != failed.trial_id]
     assert finished.info.status == "FINISHED" and "test_mse" in finished.data.metrics

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import cli
-from results.configs import load_config_file
+from benchmarks.grid.configs import load_config_file
 
 PAPER = Path(__file__).resolve().parents[2] / "results" / "paper"
 
@@ -23,7 +23,8 @@ def mixbench(*args: str) -> str:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("output_format, name", [("latex", "table.tex"), ("markdown", "table.md"), ("csv", "table.csv")])
+@pytest.mark.parametrize("output_format, name",
+                         [("latex", "table.tex"), ("markdown", "table.md"), ("csv", "table.csv")])
 def test_committed_tables_rebuild_from_the_export(output_format, name):
     rebuilt = mixbench("table", "--runs", str(PAPER / "runs.csv"), "--format", output_format, "--reference", "paper",
                        "--std")

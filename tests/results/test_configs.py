@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.errors import InputError
-from results.benchmark import FIRST_SEED, BenchmarkConfig, config_entries, plan_cells
-from results.configs import ConfigEntry, load_config_file
+from benchmarks.errors import MixbenchError
+from benchmarks.data.files import resolve_dataset
+from benchmarks.tracking.store import TrackingStore
+from benchmarks.grid.runner import FIRST_SEED, BenchmarkConfig, config_entries, plan_cells
+from benchmarks.grid.configs import ConfigEntry, load_config_file
 
 # What `mixbench search` writes (search/summary.py write_best_config): one mapping under a comment line.
 SEARCH_BEST = """\
@@ -46,12 +48,12 @@ def test_lists_and_configs_key_with_display_names(tmp_path):
 def test_bad_config_files_name_the_problem(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(InputError, match=message.replace("[", r"\[")):
+    with pytest.raises(MixbenchError, match=message.replace("[", r"\[")):
         load_config_file(path)
 
 
 def test_missing_file_says_what_configs_accepts(tmp_path):
-    with pytest.raises(InputError, match="pass default, best or a YAML file"):
+    with pytest.raises(MixbenchError, match="pass default, best or a YAML file"):
         load_config_file(tmp_path / "nope.yaml")
 
 
@@ -60,13 +62,15 @@ def grid(tmp_path, text: str, **flags) -> list:
     path.write_text(text)
     config = BenchmarkConfig(datasets=["etth1"], models=["dlinear", "patchtst"], horizons=[96, 192], seeds=2,
                              configs=str(path), **flags)
-    return plan_cells(config, config_entries(config, "sqlite:///unused.db"), None)
+    store = TrackingStore.resolve(f"sqlite:///{tmp_path}/unused.db")
+    return plan_cells(config, config_entries(config, store), {"ETTh1": resolve_dataset("ETTh1")})
 
 
 def test_file_entries_expand_over_the_grid_cells_they_match(tmp_path):
     cells = grid(tmp_path, "- model: dlinear\n- {model: patchtst, pred_len: 192, display_name: tiny}\n"
                            "- {model: patchtst, dataset: weather}\n")
-    keys = sorted((c.spec.dataset, c.spec.model, c.spec.pred_len, c.spec.seed, c.display_name or "") for c in cells)
+    keys = sorted((c.experiment.dataset, c.experiment.model, c.experiment.pred_len, c.experiment.seed,
+                   c.display_name or "") for c in cells)
     assert keys == sorted(
         [("ETTh1", "dlinear", h, FIRST_SEED + s, "") for h in (96, 192) for s in (0, 1)]
         + [("ETTh1", "patchtst", 192, FIRST_SEED + s, "tiny") for s in (0, 1)]
@@ -78,14 +82,14 @@ def test_seeds_share_a_config_hash_and_overrides_change_it(tmp_path):
                            "- {model: dlinear, display_name: big, model_overrides: {moving_avg: 13}}\n", epochs=1)
     by_name = {}
     for cell in cells:
-        by_name.setdefault((cell.display_name, cell.spec.pred_len), set()).add(cell.config_hash)
+        by_name.setdefault((cell.display_name, cell.experiment.pred_len), set()).add(cell.config_hash)
     assert all(len(hashes) == 1 for hashes in by_name.values())
     assert by_name[(None, 96)] != by_name[("big", 96)]
-    assert all(cell.spec.train.epochs == 1 for cell in cells)
+    assert all(cell.experiment.train.epochs == 1 for cell in cells)
 
 
 def test_bad_overrides_fail_while_planning(tmp_path):
-    with pytest.raises(InputError, match="d_modle"):
+    with pytest.raises(MixbenchError, match="d_modle"):
         grid(tmp_path, "- {model: patchtst, model_overrides: {d_modle: 8}}\n")
-    with pytest.raises(InputError, match="no entry matches the grid"):
+    with pytest.raises(MixbenchError, match="no entry matches the grid"):
         grid(tmp_path, "- {model: itransformer}\n")

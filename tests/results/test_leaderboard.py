@@ -7,8 +7,9 @@ import statistics
 
 import pytest
 
+from benchmarks.models.registry import model_label
 from results.leaderboard import AVG, build_leaderboard, leaderboard_csv, leaderboard_text
-from results.runs import BenchmarkRecord, model_label
+from results.runs import BenchmarkRecord
 
 
 def record(model="dlinear", pred_len=96, seed=0, config="c1", val=1.0, mse=0.5, mae=0.4, dataset="ETTh1",

@@ -8,10 +8,11 @@ import subprocess
 
 import pytest
 
-from benchmarks.errors import InputError
+from benchmarks.errors import SettingError
+from benchmarks.models.registry import model_label
 from results.leaderboard import build_leaderboard
 from results.render import render, render_csv, render_latex, render_markdown
-from results.runs import BenchmarkRecord, model_label
+from results.runs import BenchmarkRecord
 from results.table import build_table
 
 
@@ -71,6 +72,7 @@ def test_latex_with_missing_cells_compiles(partial_table, tmp_path):
     assert (tmp_path / "table.pdf").stat().st_size > 1000
 
 
-def test_unknown_format_is_an_input_error(partial_table):
-    with pytest.raises(InputError, match="--format must be one of: latex, markdown, csv"):
+def test_unknown_format_is_a_setting_error(partial_table):
+    with pytest.raises(SettingError, match="format must be one of: latex, markdown, csv") as refused:
         render(partial_table, "html")
+    assert refused.value.setting == "format"

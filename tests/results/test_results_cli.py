@@ -14,9 +14,15 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
 import cli
+from benchmarks.data.files import resolve_dataset
+from benchmarks.errors import MixbenchError
+from benchmarks.grid.runner import BenchmarkConfig, complete_cells, config_entries, plan_cells
+from benchmarks.tracking.store import TrackingStore
+from results.runs import load_benchmark_records
 
 SUITE = "ci"
 EXPERIMENT = "results-test"
@@ -225,8 +231,6 @@ def test_relative_difference_to_the_paper(store):
 
 
 def test_figures_are_written_per_dataset(store, tmp_path):
-    from matplotlib.image import imread
-
     render(store, "markdown", "--figures", str(tmp_path / "figures"))
     image = imread(tmp_path / "figures" / "ETTh1_mse.png")
     assert image.shape[0] > 100 and image.shape[1] > 100
@@ -234,8 +238,6 @@ def test_figures_are_written_per_dataset(store, tmp_path):
 
 
 def test_partially_finished_suite_marks_missing_cells(store, tmp_path):
-    from results.benchmark import BenchmarkConfig, complete_cells, config_entries, plan_cells
-
     partial = tmp_path / "partial.db"
     shutil.copy(store["root"] / "mlflow.db", partial)
     uri = f"sqlite:///{partial}"
@@ -251,9 +253,11 @@ def test_partially_finished_suite_marks_missing_cells(store, tmp_path):
     config = BenchmarkConfig(datasets=["ETTh1"], models=["dlinear", "patchtst"], horizons=[96, 192], seeds=2,
                              configs=str(store["configs"]), suite=SUITE, epochs=1, limit_train_batches=2,
                              limit_eval_batches=2, experiment=EXPERIMENT)
-    cells = plan_cells(config, config_entries(config, uri), None)
-    done = complete_cells(uri, EXPERIMENT, SUITE)
-    assert sorted((c.spec.model, c.spec.pred_len) for c in cells if c.key not in done) == [("patchtst", 192)] * 2
+    tracking = TrackingStore.resolve(uri)
+    cells = plan_cells(config, config_entries(config, tracking), {"ETTh1": resolve_dataset("ETTh1")})
+    done = complete_cells(tracking, EXPERIMENT, SUITE)
+    assert sorted((c.experiment.model, c.experiment.pred_len) for c in cells if c.key not in done) == [
+        ("patchtst", 192)] * 2
 
 
 @pytest.mark.parametrize("args, message", [
@@ -290,8 +294,9 @@ def test_bad_benchmark_input_fails_before_any_training(tmp_path):
 
 
 def test_the_cli_registers_the_results_commands():
-    for name in ("benchmark", "leaderboard", "table", "export"):
+    for name in ("leaderboard", "table", "export"):
         assert cli.COMMANDS[name][0] == f"results.commands:{name}"
+    assert cli.COMMANDS["benchmark"][0] == "benchmarks.grid.command:benchmark"
 
 
 def log_search(client, experiment_id: str, start: int, pred_len: int, status: str, folder: Path,
@@ -310,9 +315,6 @@ def log_search(client, experiment_id: str, start: int, pred_len: int, status: st
 
 
 def test_best_configs_come_from_the_latest_finished_search(store, tmp_path):
-    from benchmarks.errors import InputError
-    from results.benchmark import BenchmarkConfig, config_entries
-
     client = MlflowClient(tracking_uri=store["uri"])
     experiment_id = client.create_experiment("searches", artifact_location=(tmp_path / "artifacts").as_uri())
     best = "# best of search\nmodel: patchtst\ndataset: ETTh1\npred_len: 96\nseq_len: 96\n" \
@@ -324,19 +326,17 @@ def test_best_configs_come_from_the_latest_finished_search(store, tmp_path):
                params={"best.model.d_model": "32", "best.train.learning_rate": "0.0005", "best.seq_len": "96"})
     config = BenchmarkConfig(datasets=["ETTh1"], models=["patchtst"], horizons=[96, 192], configs="best",
                              experiment="searches")
-    entries = {entry.pred_len: entry for entry in config_entries(config, store["uri"])}
+    entries = {entry.pred_len: entry for entry in config_entries(config, TrackingStore.resolve(store["uri"]))}
     assert entries[96].model_overrides == {"d_model": 16, "n_heads": 2}
     assert entries[96].train_overrides == {"learning_rate": 0.001}
     assert entries[192].model_overrides == {"d_model": 32} and entries[192].train_overrides == {"learning_rate": 0.0005}
     assert {entry.display_name for entry in entries.values()} == {"PatchTST (searched)"}
-    with pytest.raises(InputError, match="no finished search for patchtst on ETTh1 at pred_len 336"):
+    with pytest.raises(MixbenchError, match="no finished search for patchtst on ETTh1 at pred_len 336"):
         config_entries(BenchmarkConfig(datasets=["ETTh1"], models=["patchtst"], horizons=[336], configs="best",
-                                       experiment="searches"), store["uri"])
+                                       experiment="searches"), TrackingStore.resolve(store["uri"]))
 
 
 def test_default_suite_is_the_latest_and_only_complete_runs_count(store, tmp_path):
-    from results.runs import load_benchmark_records
-
     client = MlflowClient(tracking_uri=store["uri"])
     experiment_id = client.create_experiment("suites", artifact_location=(tmp_path / "artifacts").as_uri())
 
@@ -355,9 +355,10 @@ def test_default_suite_is_the_latest_and_only_complete_runs_count(store, tmp_pat
     benchmark_run("new", 2_001, 2, status="RUNNING")
     benchmark_run("new", 2_002, 3, test=False)
     benchmark_run("new", 2_003, 4, status="FAILED")
-    suite, records = load_benchmark_records(store["uri"], "suites")
+    tracking = TrackingStore.resolve(store["uri"])
+    suite, records = load_benchmark_records(tracking, "suites")
     assert suite == "new" and [record.seed for record in records] == [1]
-    suite, records = load_benchmark_records(store["uri"], "suites", suite="old")
+    suite, records = load_benchmark_records(tracking, "suites", suite="old")
     assert [record.test_mse for record in records] == [0.4]
 
 

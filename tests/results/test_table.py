@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.errors import InputError
+from benchmarks.errors import SettingError
+from benchmarks.models.registry import model_label
 from results.leaderboard import AVG, build_leaderboard
 from results.paper import paper_results, published
-from results.runs import BenchmarkRecord, model_label
+from results.runs import BenchmarkRecord
 from results.table import FIRST, SECOND, build_table, mark_row
 
 
@@ -110,6 +111,7 @@ def test_paper_csv_uses_registry_names():
     assert len(results) == 130
 
 
-def test_unknown_reference_is_an_input_error():
-    with pytest.raises(InputError, match="--reference"):
+def test_unknown_reference_is_a_setting_error():
+    with pytest.raises(SettingError, match="reference must be one of: paper") as refused:
         build_table(build_leaderboard([record("dlinear", 96, 0.4, 0.3)]), reference="arxiv")
+    assert refused.value.setting == "reference"

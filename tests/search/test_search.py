@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # Ray Tune searches in this process and in subprocesses
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Keep each Ray start light and offline.
@@ -88,7 +90,8 @@ def space_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def finished_search(ray_runtime, space_file: Path, shared_data_dir: Path, tmp_path_factory):
     """One search of 4 trials x 2 epochs run in this process on the shared Ray runtime."""
-    from search.runner import SearchConfig, run_search
+    from search.config import SearchConfig
+    from search.runner import run_search
 
     root = tmp_path_factory.mktemp("search")
     config = SearchConfig(dataset="ETTh1", trials=TRIALS, epochs=2, seed=SEED, space=str(space_file),
@@ -99,7 +102,7 @@ def finished_search(ray_runtime, space_file: Path, shared_data_dir: Path, tmp_pa
 
 
 def test_search_logs_a_parent_and_one_child_run_per_trial(finished_search) -> None:
-    from results.configs import load_config_file
+    from benchmarks.grid.configs import load_config_file
 
     root, outcome = finished_search
     assert not outcome.interrupted

@@ -2,15 +2,16 @@
 one line naming the file and the key."""
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
 import optuna
 import pytest
 
-from benchmarks.engine import ExperimentSpec, resolve_experiment
-from benchmarks.errors import InputError
-from benchmarks.models import MODEL_NAMES, model_config
+from benchmarks.errors import SpaceError
+from benchmarks.models.registry import MODEL_NAMES, model_config
+from benchmarks.training.config import TrainConfig
 from search.space import SPACES_DIR, default_space_path, load_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -32,7 +33,7 @@ def test_shipped_spaces_propose_valid_model_configs(model: str) -> None:
     space = load_space(default_space_path(model), model)
     assert not space.searches_seq_len
     for proposed in proposals(space, 60):
-        config = model_config(model, 96, 96, 7, proposed.model)  # raises InputError for an invalid combination
+        config = model_config(model, 96, 96, 7, proposed.model)  # raises SettingError for an invalid combination
         assert set(proposed.train) == {"learning_rate", "batch_size"}
         if model == "mixmamba":
             assert 2 <= config.top_k <= config.num_experts
@@ -47,8 +48,7 @@ def test_the_wide_mixmamba_space_ranks_every_loss_on_validation_mse() -> None:
     found = proposals(space, 60)
     for proposed in found:
         config = model_config("mixmamba", 96, 96, 7, proposed.model)
-        train = resolve_experiment(ExperimentSpec(dataset="ETTh1", model="mixmamba",
-                                                  train_overrides=proposed.train)).train
+        train = TrainConfig(**proposed.train)
         # Trials trained with different losses stay comparable: all are ranked on validation MSE.
         assert train.val_metric == "mse"
         assert set(proposed.train) == {"val_metric", "loss", "lradj", "learning_rate", "weight_decay", "batch_size"}
@@ -139,8 +139,8 @@ def test_search_seq_len_and_outer_distributions_cover_every_proposal() -> None:
      "model.d_state: impossible constraint: variant is never ['papr']"),
     ("model:\n  top_k: {low: 2, high: num_experts}\n  num_experts: {low: 2, high: 4}\n",
      "model.top_k: high names 'num_experts', which is not a parameter above it"),
-    ("train:\n  epochs: {low: 1, high: 5}\n", "train.epochs is set by --epochs"),
-    ("model:\n  pred_len: 96\n", "model.pred_len is set by --pred-len"),
+    ("train:\n  epochs: {low: 1, high: 5}\n", "train.epochs is set by epochs"),
+    ("model:\n  pred_len: 96\n", "model.pred_len is set by pred_len"),
     ("model:\n  variant: {low: 1, high: 2}\n", "model.variant is a str setting, not a number"),
     ("train:\n  learning_rate: {low: 0.0, high: 0.1, log: true}\n", "a log range needs low > 0"),
     ("model:\n  d_model: [8, 16\n", "is not valid YAML (line 3: expected ','"),
@@ -149,9 +149,25 @@ def test_search_seq_len_and_outer_distributions_cover_every_proposal() -> None:
 def test_bad_space_files_fail_with_one_line_naming_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    with pytest.raises(InputError) as raised:
+    with pytest.raises(SpaceError) as raised:
         load_space(path, "patchtst" if "n_heads" in text else "mixmamba")
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith(f"space file {path}")
     assert expected in message
+
+
+def test_the_same_seed_proposes_the_same_first_configs_as_before_the_one_spelling_change() -> None:
+    """The first four TPE proposals (three random, one TPE) of every shipped space, seed 2021, as the code before
+    settings were spelt `model.x` everywhere proposed them (recorded in first_proposals.json)."""
+    recorded = json.loads((Path(__file__).with_name("first_proposals.json")).read_text())
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for model in MODEL_NAMES:
+        space = load_space(default_space_path(model), model)
+        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=2021, n_startup_trials=3))
+        proposals = []
+        for value in range(4):
+            trial = study.ask()
+            proposals.append(space.propose(trial).flat())
+            study.tell(trial, float(value))
+        assert proposals == recorded[model]

@@ -1,4 +1,4 @@
-"""Fuzzing the search-space parser: random YAML mappings give a space that proposes valid values, or InputError."""
+"""Fuzzing the search-space parser: random YAML mappings give a space that proposes valid values, or SpaceError."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.errors import InputError
+from benchmarks.errors import SpaceError
 from search.space import load_space
 
 NAMES = ["moving_avg", "individual", "learning_rate", "batch_size", "patience", "d_model", "seq_len", "epochs", "x"]
@@ -32,12 +32,12 @@ documents = st.one_of(
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=documents)
-def test_random_yaml_gives_a_valid_space_or_input_error(document, tmp_path: Path) -> None:
+def test_random_yaml_gives_a_valid_space_or_space_error(document, tmp_path: Path) -> None:
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(document))
     try:
         space = load_space(path, "dlinear")
-    except InputError as error:
+    except SpaceError as error:
         assert str(error).startswith(f"space file {path}") and "\n" not in str(error)
         return
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -46,12 +46,12 @@ def test_random_yaml_gives_a_valid_space_or_input_error(document, tmp_path: Path
         assert set(proposed.model) | set(proposed.train) <= set(NAMES)
 
 
-def test_broken_yaml_syntax_is_an_input_error(tmp_path: Path) -> None:
+def test_broken_yaml_syntax_is_an_space_error(tmp_path: Path) -> None:
     path = tmp_path / "space.yaml"
     path.write_text("model: {moving_avg: [5, 7\n")
     try:
         load_space(path, "dlinear")
-    except InputError as error:
+    except SpaceError as error:
         assert "is not valid YAML" in str(error)
     else:
         raise AssertionError("broken YAML was accepted")

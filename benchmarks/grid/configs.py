@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from benchmarks.errors import InputError
-from results.runs import model_label
+from benchmarks.errors import SettingError
+from benchmarks.models.registry import model_label
+from benchmarks.tracking.store import TrackingStore
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -38,6 +39,11 @@ class ConfigEntry:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     train_overrides: dict[str, Any] = field(default_factory=dict)
 
+    def settings(self) -> dict[str, Any]:
+        """The entry's overrides in the one spelling: `model.<field>` and `train.<field>`."""
+        return ({f"model.{key}": value for key, value in self.model_overrides.items()}
+                | {f"train.{key}": value for key, value in self.train_overrides.items()})
+
     def matches(self, dataset: str, model: str, pred_len: int) -> bool:
         """Whether this entry configures the grid cell (dataset, model, pred_len)."""
         return (self.model == model and self.dataset in (None, dataset) and self.pred_len in (None, pred_len))
@@ -46,19 +52,21 @@ class ConfigEntry:
 def parse_entry(raw: Any, where: str) -> ConfigEntry:
     """A ConfigEntry from one YAML mapping; `where` names it in errors (file and position)."""
     if not isinstance(raw, dict):
-        raise InputError(f"{where} must be a mapping with keys {', '.join(ENTRY_KEYS)}; fix the YAML")
+        raise SettingError(f"{where} must be a mapping with keys {', '.join(ENTRY_KEYS)}; fix the YAML",
+                           setting="configs")
     unknown = sorted(set(raw) - set(ENTRY_KEYS))
     if unknown:
-        raise InputError(f"{where} has unknown key {unknown[0]!r}; valid keys are {', '.join(ENTRY_KEYS)}")
+        raise SettingError(f"{where} has unknown key {unknown[0]!r}; valid keys are {', '.join(ENTRY_KEYS)}",
+                           setting="configs")
     if not isinstance(raw.get("model"), str):
-        raise InputError(f"{where} needs `model:` (a registry name such as patchtst)")
+        raise SettingError(f"{where} needs `model:` (a registry name such as patchtst)", setting="configs")
     for key in ("pred_len", "seq_len"):
         value = raw.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InputError(f"{where}: {key}={value!r} must be a positive integer")
+            raise SettingError(f"{where}: {key}={value!r} must be a positive integer", setting="configs")
     for key in ("model_overrides", "train_overrides"):
         if not isinstance(raw.get(key) or {}, dict):
-            raise InputError(f"{where}: {key} must be a mapping of setting -> value")
+            raise SettingError(f"{where}: {key} must be a mapping of setting -> value", setting="configs")
     display_name = raw.get("display_name")
     return ConfigEntry(
         model=raw["model"],
@@ -75,28 +83,30 @@ def load_config_file(path: Path) -> list[ConfigEntry]:
     """Entries of a configs YAML: one mapping (a search's best-config file), a list of them, or `configs: [...]`."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"--configs {path}: no such file; pass default, best or a YAML file of configs")
+        raise SettingError(f"{{setting}} {path}: no such file; pass default, best or a YAML file of configs",
+                           setting="configs")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise InputError(f"--configs {path} is not valid YAML ({str(error).splitlines()[0]}); fix the file") from None
+        raise SettingError(f"{{setting}} {path} is not valid YAML ({str(error).splitlines()[0]}); fix the file",
+                           setting="configs") from None
     if isinstance(data, dict) and set(data) == {"configs"}:
         data = data["configs"]
     items = data if isinstance(data, list) else [data]
     if not items:
-        raise InputError(f"--configs {path} has no entries; add at least one mapping with `model:`")
-    return [parse_entry(item, f"--configs {path} entry {index + 1}") for index, item in enumerate(items)]
+        raise SettingError(f"{{setting}} {path} has no entries; add at least one mapping with `model:`",
+                           setting="configs")
+    return [parse_entry(item, f"configs file {path} entry {index + 1}") for index, item in enumerate(items)]
 
 
-def best_search_configs(tracking_uri: str, experiment: str, cells: list[tuple[str, str, int]]) -> list[ConfigEntry]:
+def best_search_configs(store: TrackingStore, experiment: str, cells: list[tuple[str, str, int]]
+                        ) -> list[ConfigEntry]:
     """The best config of the latest finished search (parent run, kind=search) for each (dataset, model, pred_len),
     labelled "<Model> (searched)" so tables show it beside the recipe's config.
 
-    Raises InputError naming the first cell that no finished search covers.
+    Raises SettingError naming the first cell that no finished search covers.
     """
-    from benchmarks.tracking import tracking_client
-
-    client = tracking_client(tracking_uri)
+    client = store.client()
     found = client.get_experiment_by_name(experiment)
     entries = []
     for dataset, model, pred_len in cells:
@@ -110,11 +120,10 @@ def best_search_configs(tracking_uri: str, experiment: str, cells: list[tuple[st
             max_results=1,
         )
         if not runs:
-            raise InputError(
-                f"--configs best: no finished search for {model} on {dataset} at pred_len {pred_len} in experiment "
+            raise SettingError(
+                f"{{setting}} best: no finished search for {model} on {dataset} at pred_len {pred_len} in experiment "
                 f"'{experiment}'; run `mixbench search --dataset {dataset} --model {model} --pred-len {pred_len}` "
-                "or use --configs default"
-            )
+                "or use {setting} default", setting="configs")
         entries.append(_entry_from_search(client, runs[0], dataset, model, pred_len))
     return entries
 
@@ -141,10 +150,10 @@ def _entry_from_search(client: MlflowClient, run: Run, dataset: str, model: str,
         elif name == "seq_len":
             seq_len = int(value)
     if not model_overrides and not train_overrides:
-        raise InputError(
-            f"--configs best: search run {run.info.run_id} ({model}, {dataset}, {pred_len}) has neither a "
-            f"{BEST_CONFIG_ARTIFACT} artifact nor best.* params; re-run the search or pass a configs FILE"
-        )
+        raise SettingError(
+            f"{{setting}} best: search run {run.info.run_id} ({model}, {dataset}, {pred_len}) has neither a "
+            f"{BEST_CONFIG_ARTIFACT} artifact nor best.* params; re-run the search or pass a configs FILE",
+            setting="configs")
     return ConfigEntry(model, dataset, pred_len, seq_len, _searched_label(model), model_overrides, train_overrides)
 
 

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from benchmarks.errors import InputError
+from benchmarks.errors import SettingError
 
 
 def second_of_minute(index: pd.DatetimeIndex) -> np.ndarray:
@@ -65,9 +65,9 @@ def feature_functions(freq: str) -> list:
     match = _FREQ_PATTERN.match(freq) if isinstance(freq, str) else None
     unit = match.group(2).lower() if match else None
     if unit not in _FEATURES_BY_UNIT:
-        raise InputError(
-            f"freq {freq!r} is not a supported time-feature frequency; use one of "
-            "s, t (or min), h, d, b, w, m, y, optionally with a multiple such as 15min")
+        raise SettingError(
+            f"{{setting}} {freq!r} is not a supported time-feature frequency; use one of "
+            "s, t (or min), h, d, b, w, m, y, optionally with a multiple such as 15min", setting="freq")
     return _FEATURES_BY_UNIT[unit]
 
 

@@ -8,7 +8,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Literal
 
-from benchmarks.errors import InputError
+from benchmarks.errors import DataError
 
 SplitRule = Literal["ett_hour", "ett_minute", "ratio_70_10_20"]
 SPLIT_NAMES = ("train", "val", "test")
@@ -64,20 +64,19 @@ SPLIT_RULE_LABELS: dict[str, str] = {
 }
 
 
-def dataset_names() -> list[str]:
-    """The registered dataset names, in registry order."""
-    return list(DATASETS)
-
-
 def get_dataset(name: str) -> DatasetSpec:
-    """The registered dataset called `name` (case-insensitive); unknown names raise InputError with the closest one."""
+    """The registered dataset called `name`, in any case: the one place dataset names are matched.
+
+    An unknown name raises DataError suggesting the closest registered one.
+    """
     by_lower = {registered.lower(): spec for registered, spec in DATASETS.items()}
     spec = by_lower.get(str(name).strip().lower())
     if spec is not None:
         return spec
     close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.0)
     suggestion = f"did you mean {by_lower[close[0]].name!r}? " if close else ""
-    raise InputError(f"unknown dataset {name!r}; {suggestion}known datasets: {', '.join(DATASETS)}")
+    raise DataError(f"unknown {{setting}} {name!r}; {suggestion}known datasets: {', '.join(DATASETS)}",
+                    setting="dataset")
 
 
 def split_bounds(rule: SplitRule, n_rows: int, seq_len: int) -> dict[str, tuple[int, int]]:

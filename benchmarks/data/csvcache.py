@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from benchmarks.errors import InputError
+from benchmarks.errors import DataError
 
 # Bump when the cached layout or the validation rules change, so that old entries are ignored.
 CACHE_FORMAT = 1
@@ -96,7 +96,7 @@ def _read_entry(entry: Path) -> ParsedCSV | None:
 
 
 def parse_csv(path: Path) -> ParsedCSV:
-    """Parse a TSLib CSV (a `date` column plus numeric columns) with pyarrow; bad content raises InputError."""
+    """Parse a TSLib CSV (a `date` column plus numeric columns) with pyarrow; bad content raises DataError."""
     invalid_rows: list = []
 
     def remember_invalid_row(row) -> str:
@@ -112,26 +112,26 @@ def parse_csv(path: Path) -> ParsedCSV:
         )
     except pa.ArrowInvalid as error:
         reason = str(error).splitlines()[0]
-        raise InputError(f"{path} is not a readable CSV ({reason}); replace it with the original file") from None
+        raise DataError(f"{path} is not a readable CSV ({reason}); replace it with the original file") from None
     if invalid_rows:
         row = invalid_rows[0]
         line = f"line {row.number}" if row.number is not None else "a row"
-        raise InputError(f"{path} is malformed at {line}: expected {row.expected_columns} fields, found "
+        raise DataError(f"{path} is malformed at {line}: expected {row.expected_columns} fields, found "
                          f"{row.actual_columns} ({row.text[:60]!r}); fix that line or replace the file")
 
     names = table.column_names
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise InputError(f"{path} has the column {duplicates[0]!r} more than once; give every column a unique name")
+        raise DataError(f"{path} has the column {duplicates[0]!r} more than once; give every column a unique name")
     if "date" not in names:
         listed = ", ".join(repr(name) for name in names[:_MAX_LISTED_COLUMNS])
-        raise InputError(f"{path} has no 'date' column (its columns: {listed}); TSLib files start with a 'date' "
+        raise DataError(f"{path} has no 'date' column (its columns: {listed}); TSLib files start with a 'date' "
                          "column of timestamps")
     columns = tuple(name for name in names if name != "date")
     if not columns:
-        raise InputError(f"{path} has only a 'date' column; add at least one numeric column")
+        raise DataError(f"{path} has only a 'date' column; add at least one numeric column")
     if table.num_rows == 0:
-        raise InputError(f"{path} has a header but no data rows; replace it with the complete file")
+        raise DataError(f"{path} has a header but no data rows; replace it with the complete file")
 
     dates = _parse_dates(path, table.column("date"))
     values = np.empty((table.num_rows, len(columns)), dtype=np.float64)
@@ -150,17 +150,17 @@ def _row(index: int) -> str:
 def _parse_dates(path: Path, column: pa.ChunkedArray) -> np.ndarray:
     if column.null_count:
         missing = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-        raise InputError(f"{path} has no date at {_row(missing)}; give every row a timestamp")
+        raise DataError(f"{path} has no date at {_row(missing)}; give every row a timestamp")
     if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
         return pc.cast(column, pa.timestamp("ns")).to_numpy().astype("datetime64[ns]")
     if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
-        raise InputError(f"column 'date' of {path} holds {column.type} values, not timestamps; write dates such as "
+        raise DataError(f"column 'date' of {path} holds {column.type} values, not timestamps; write dates such as "
                          "2016-07-01 00:00:00")
     strings = column.to_pandas()
     parsed = pd.to_datetime(strings, errors="coerce")
     if parsed.isna().any():
         bad = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-        raise InputError(f"column 'date' of {path} has {strings.iloc[bad]!r} at {_row(bad)}, which is not a date; "
+        raise DataError(f"column 'date' of {path} has {strings.iloc[bad]!r} at {_row(bad)}, which is not a date; "
                          "write dates such as 2016-07-01 00:00:00")
     return parsed.to_numpy().astype("datetime64[ns]")
 
@@ -177,9 +177,9 @@ def _numeric_column(path: Path, name: str, column: pa.ChunkedArray) -> np.ndarra
         try:
             float(value)
         except (TypeError, ValueError):
-            raise InputError(f"column {name!r} of {path} is not numeric: {value!r} at {_row(index)}; fix or remove "
+            raise DataError(f"column {name!r} of {path} is not numeric: {value!r} at {_row(index)}; fix or remove "
                              "that value") from None
-    raise InputError(f"column {name!r} of {path} is not numeric ({column.type}); write plain numbers")
+    raise DataError(f"column {name!r} of {path} is not numeric ({column.type}); write plain numbers")
 
 
 def _check_finite(path: Path, columns: tuple[str, ...], values: np.ndarray) -> None:
@@ -189,7 +189,7 @@ def _check_finite(path: Path, columns: tuple[str, ...], values: np.ndarray) -> N
     row = int(np.flatnonzero(bad.any(axis=1))[0])
     column = int(np.flatnonzero(bad[row])[0])
     kind = "a missing or NaN value" if np.isnan(values[row, column]) else "an infinite value"
-    raise InputError(f"column {columns[column]!r} of {path} has {kind} at {_row(row)}; fill in or drop that row")
+    raise DataError(f"column {columns[column]!r} of {path} has {kind} at {_row(row)}; fill in or drop that row")
 
 
 def _check_increasing(path: Path, dates: np.ndarray) -> None:
@@ -198,5 +198,5 @@ def _check_increasing(path: Path, dates: np.ndarray) -> None:
     if (steps >= 0).all():
         return
     index = int(np.flatnonzero(steps < 0)[0]) + 1
-    raise InputError(f"dates in {path} go back in time at {_row(index)}: {np.datetime_as_string(dates[index], 's')} "
+    raise DataError(f"dates in {path} go back in time at {_row(index)}: {np.datetime_as_string(dates[index], 's')} "
                      f"follows {np.datetime_as_string(dates[index - 1], 's')}; sort the file by date")

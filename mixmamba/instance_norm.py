@@ -1,6 +1,7 @@
 """Instance normalisation of each input series over its lookback window, and its inverse for the forecast.
 
-This is the parameter-free "Normalization from Non-stationary Transformer" that TSLib's PatchTST and iTransformer use.
+The parameter-free "Normalization from Non-stationary Transformer" of the official MixMamba and TSLib's PatchTST and
+iTransformer (their use_norm). It lives here, not in baselines/, because mixmamba/ imports nothing but torch.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ EPSILON = 1e-5
 def normalize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Centre and scale every (sample, channel) series over time; returns (normalised x, mean, std).
 
-    x: (B, L, C); mean and std: (B, 1, C).
+    x: (B, L, C); mean and std: (B, 1, C). The mean is detached and the std is not, as the reference code.
     """
     mean = x.mean(dim=1, keepdim=True).detach()
     centred = x - mean

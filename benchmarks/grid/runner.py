@@ -3,19 +3,27 @@ MLflow by the driver as each run finishes; cells already complete in the suite a
 """
 from __future__ import annotations
 
-import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-from benchmarks.errors import InputError
+import ray
+
+from benchmarks.data.files import DatasetFile, resolve_dataset
+from benchmarks.data.registry import get_dataset
+from benchmarks.errors import SettingError
+from benchmarks.experiment import Experiment, resolve_experiment
+from benchmarks.grid.configs import ConfigEntry, best_search_configs, load_config_file
+from benchmarks.models.registry import MODEL_NAMES
 from benchmarks.ray_session import check_address, connect
-from results.configs import ConfigEntry, best_search_configs, load_config_file
-
-if TYPE_CHECKING:
-    from benchmarks.engine import ExperimentResult, ExperimentSpec
+from benchmarks.tracking.callback import log_result
+from benchmarks.tracking.queries import search_benchmark_runs
+from benchmarks.tracking.store import TrackingStore
+from benchmarks.training.callbacks import ExperimentResult
+from benchmarks.training.engine import run_experiment
+from benchmarks.worker_share import WorkerShare
 
 FIRST_SEED = 2021  # Time-Series-Library's fixed seed; --seeds N runs FIRST_SEED .. FIRST_SEED + N - 1
 DEFAULT_HORIZONS = (96, 192, 336, 720)
@@ -54,18 +62,23 @@ class BenchmarkConfig:
 class Cell:
     """One run of the grid; `key` is what makes it complete in MLflow (with the suite)."""
 
-    spec: ExperimentSpec  # resolved: recipe, entry overrides and flags applied
-    config_hash: str
+    experiment: Experiment  # resolved: recipe, entry settings and flags applied
     display_name: str | None
 
     @property
+    def config_hash(self) -> str:
+        return self.experiment.config_hash()
+
+    @property
     def key(self) -> tuple[str, str, int, int, str]:
-        return (self.spec.dataset, self.spec.model, self.spec.pred_len, self.spec.seed, self.config_hash)
+        experiment = self.experiment
+        return (experiment.dataset, experiment.model, experiment.pred_len, experiment.seed, self.config_hash)
 
     def describe(self) -> str:
         name = f" [{self.display_name}]" if self.display_name else ""
-        return (f"{self.spec.dataset} {self.spec.model}{name} pred_len {self.spec.pred_len} seed {self.spec.seed} "
-                f"config {self.config_hash}")
+        experiment = self.experiment
+        return (f"{experiment.dataset} {experiment.model}{name} pred_len {experiment.pred_len} seed "
+                f"{experiment.seed} config {self.config_hash}")
 
 
 @dataclass
@@ -78,96 +91,79 @@ class BenchmarkOutcome:
     failed: list[tuple[Cell, str]] = field(default_factory=list)
 
 
-def _checked(config: BenchmarkConfig) -> BenchmarkConfig:
-    """`config` with datasets as registry names; InputError for any flag that cannot work."""
-    from benchmarks.datasets import get_dataset
-    from benchmarks.models import MODEL_NAMES
-
+def _check(config: BenchmarkConfig) -> None:
+    """SettingError for any setting of `config` that cannot work."""
     if not _SUITE_NAME.match(config.suite):
-        raise InputError(f"--suite {config.suite!r} must be letters, digits, '.', '_' or '-'; e.g. --suite paper-v1")
+        raise SettingError(f"{{setting}} {config.suite!r} must be letters, digits, '.', '_' or '-'; e.g. paper-v1",
+                           setting="suite")
     if config.seeds < 1:
-        raise InputError(f"--seeds {config.seeds} must be at least 1")
+        raise SettingError(f"{{setting}} {config.seeds} must be at least 1", setting="seeds")
     if not config.datasets or not config.models or not config.horizons:
-        raise InputError("--datasets, --models and --horizons each need at least one value")
+        raise SettingError("datasets, models and horizons each need at least one value", setting="datasets")
     for model in config.models:
         if model not in MODEL_NAMES:
-            raise InputError(f"--models: unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
+            raise SettingError(f"{{setting}}: unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}",
+                               setting="models")
     if any(horizon < 1 for horizon in config.horizons):
-        raise InputError(f"--horizons {config.horizons} must be positive integers")
+        raise SettingError(f"{{setting}} {config.horizons} must be positive integers", setting="horizons")
     if config.gpus_per_run is not None and config.gpus_per_run < 0:
-        raise InputError(f"--gpus-per-run {config.gpus_per_run} must be >= 0 (a fraction shares one GPU)")
+        raise SettingError(f"{{setting}} {config.gpus_per_run} must be >= 0 (a fraction shares one GPU)",
+                           setting="gpus_per_run")
     if config.cpus_per_run <= 0:
-        raise InputError(f"--cpus-per-run {config.cpus_per_run} must be > 0")
+        raise SettingError(f"{{setting}} {config.cpus_per_run} must be > 0", setting="cpus_per_run")
     if config.device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"--device {config.device!r} is unknown; use auto, cpu or cuda")
-    return replace(config, datasets=[get_dataset(name).name for name in config.datasets])
+        raise SettingError(f"{{setting}} {config.device!r} is unknown; use auto, cpu or cuda", setting="device")
 
 
-def config_entries(config: BenchmarkConfig, tracking_uri: str) -> list[ConfigEntry]:
-    """The configs to run, from `config.configs` (default, best or a FILE); datasets as registry names."""
-    from benchmarks.datasets import get_dataset
-
-    config = _checked(config)
+def config_entries(config: BenchmarkConfig, store: TrackingStore) -> list[ConfigEntry]:
+    """The configs to run, from `config.configs` (default, best or a FILE), for a checked `config` whose datasets
+    are registry names."""
     if config.configs == "default":
         return [ConfigEntry(model) for model in config.models]
     if config.configs == "best":
         cells = [(d, m, h) for d in config.datasets for m in config.models for h in config.horizons]
-        return best_search_configs(tracking_uri, config.experiment, cells)
+        return best_search_configs(store, config.experiment, cells)
     return [
         entry if entry.dataset is None else replace(entry, dataset=get_dataset(entry.dataset).name)
         for entry in load_config_file(Path(config.configs))
     ]
 
 
-def plan_cells(config: BenchmarkConfig, entries: list[ConfigEntry], data_dir: str | None) -> list[Cell]:
-    """Every (dataset, model, horizon, config, seed) cell, resolved and validated (device cpu); duplicates removed.
+def plan_cells(config: BenchmarkConfig, entries: list[ConfigEntry], data: dict[str, DatasetFile]) -> list[Cell]:
+    """Every (dataset, model, horizon, config, seed) cell, resolved and validated once; duplicates removed.
 
-    A FILE entry applies to the grid cells it matches (same model; its dataset / pred_len, or any when omitted).
+    `data` holds each dataset's file, resolved once by the caller. A FILE entry applies to the grid cells it matches
+    (same model; its dataset / pred_len, or any when omitted).
     """
-    from benchmarks.datasets import get_dataset
-    from benchmarks.engine import ExperimentSpec, resolve_experiment, run_model_config
-    from benchmarks.tracking import config_hash
-
-    config = _checked(config)
-    datasets = config.datasets
-    train_overrides = {
-        name: value for name, value in (
+    flags = {
+        f"train.{name}": value for name, value in (
             ("epochs", config.epochs), ("limit_train_batches", config.limit_train_batches),
             ("limit_eval_batches", config.limit_eval_batches),
         ) if value is not None
     }
     cells: dict[tuple, Cell] = {}
-    for dataset in datasets:
+    for dataset, file in data.items():
         for model in config.models:
             for horizon in config.horizons:
                 for entry in (entry for entry in entries if entry.matches(dataset, model, horizon)):
+                    experiment = resolve_experiment(model, file, pred_len=horizon,
+                                                    seq_len=entry.seq_len or config.seq_len,
+                                                    settings={**entry.settings(), **flags})
                     for offset in range(config.seeds):
-                        spec = resolve_experiment(ExperimentSpec(
-                            dataset=dataset, model=model, pred_len=horizon, seq_len=entry.seq_len or config.seq_len,
-                            seed=FIRST_SEED + offset, model_overrides=dict(entry.model_overrides),
-                            train_overrides={**entry.train_overrides, **train_overrides},
-                            device="cpu", data_dir=data_dir,
-                        ))
-                        enc_in = get_dataset(dataset).n_channels if spec.features in ("M", "MS") else 1
-                        digest = config_hash(model, run_model_config(spec, enc_in), asdict(spec.train))
-                        cell = Cell(spec, digest, entry.display_name)
+                        cell = Cell(experiment.with_seed(FIRST_SEED + offset), entry.display_name)
                         cells.setdefault((*cell.key, cell.display_name), cell)
     if not cells:
-        raise InputError(
-            f"--configs {config.configs}: no entry matches the grid (datasets {','.join(datasets)}, models "
+        raise SettingError(
+            f"{{setting}} {config.configs}: no entry matches the grid (datasets {','.join(data)}, models "
             f"{','.join(config.models)}, horizons {','.join(map(str, config.horizons))}); "
-            "check the entries' model, dataset and pred_len"
+            "check the entries' model, dataset and pred_len", setting="configs"
         )
     return list(cells.values())
 
 
-def complete_cells(tracking_uri: str, experiment: str, suite: str) -> set[tuple[str, str, int, int, str]]:
+def complete_cells(store: TrackingStore, experiment: str, suite: str) -> set[tuple[str, str, int, int, str]]:
     """Keys of the suite's complete runs (FINISHED with test_mse) already in MLflow."""
-    from benchmarks.tracking import tracking_client
-
-    from results.runs import search_benchmark_runs
-
-    client = tracking_client(tracking_uri)
+    client = store.client()
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return set()
@@ -179,57 +175,47 @@ def complete_cells(tracking_uri: str, experiment: str, suite: str) -> set[tuple[
     }
 
 
-def run_cell(spec: ExperimentSpec, cpus: float, gpu_fraction: float) -> tuple[ExperimentResult, dict[str, bytes]]:
+def run_cell(experiment: Experiment, share: WorkerShare) -> tuple[ExperimentResult, dict[str, bytes]]:
     """The Ray task: train and test one cell; returns the result and its artifact files (path -> bytes).
 
     Artifacts travel as bytes because on a cluster the task's disk is not the driver's.
     """
-    import torch
-
-    from benchmarks.engine import run_experiment
-
-    torch.set_num_threads(max(1, int(cpus)))
-    if spec.device.startswith("cuda") and 0 < gpu_fraction < 1:
-        torch.cuda.set_per_process_memory_fraction(gpu_fraction)
+    share.apply()
     with tempfile.TemporaryDirectory(prefix="mixbench-benchmark-") as directory:
-        result = run_experiment(spec, artifact_dir=Path(directory))
+        result = run_experiment(experiment, artifact_dir=Path(directory))
         files = {
             str(path.relative_to(directory)): path.read_bytes()
             for path in sorted(Path(directory).rglob("*")) if path.is_file()
         }
-    return replace(result, artifact_dir=None), files
+    return result, files
 
 
-def _log(result: ExperimentResult, files: dict[str, bytes], cell: Cell, config: BenchmarkConfig, uri: str) -> str:
+def _log(result: ExperimentResult, files: dict[str, bytes], cell: Cell, config: BenchmarkConfig,
+         store: TrackingStore) -> str:
     """Write the task's artifacts into a local folder and log the finished run from the driver; its run id."""
-    from benchmarks.tracking import TrackingConfig, log_experiment
-
     tags = {"suite": config.suite}
     if cell.display_name:
         tags["display_name"] = cell.display_name
-    spec = cell.spec
-    tracking = TrackingConfig(
-        uri=uri, experiment=config.experiment, kind="benchmark", tags=tags,
-        run_name=f"{config.suite}/{spec.model}-{spec.dataset}-{spec.pred_len}-s{spec.seed}",
-    )
+    experiment = cell.experiment
     with tempfile.TemporaryDirectory(prefix="mixbench-artifacts-") as directory:
         for name, content in files.items():
             path = Path(directory) / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
-        return log_experiment(replace(result, artifact_dir=Path(directory)), tracking)
+        return log_result(store, config.experiment, replace(result, artifact_dir=Path(directory)), kind="benchmark",
+                          run_name=f"{config.suite}/{experiment.model}-{experiment.dataset}-{experiment.pred_len}-"
+                                   f"s{experiment.seed}", tags=tags)
 
 
 def _resources(config: BenchmarkConfig) -> tuple[float, str]:
-    """(GPUs per run, the device each run uses), from the flags and what the Ray cluster has."""
-    import ray
-
+    """(GPUs per run, the device each run uses), from the settings and what the Ray cluster has."""
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
     gpus = config.gpus_per_run if config.gpus_per_run is not None else (0.25 if cluster_gpus > 0 else 0.0)
     if gpus > 0 and cluster_gpus == 0:
-        raise InputError(f"--gpus-per-run {gpus}: the Ray cluster has no GPUs; pass --gpus-per-run 0")
+        raise SettingError(f"{{setting}} {gpus}: the Ray cluster has no GPUs; set it to 0", setting="gpus_per_run")
     if config.device == "cuda" and gpus == 0:
-        raise InputError("--device cuda needs a GPU share per run; pass --gpus-per-run 0.25 (or another fraction)")
+        raise SettingError("device cuda needs a GPU share per run; set {setting} to 0.25 (or another fraction)",
+                           setting="gpus_per_run")
     return gpus, "cuda" if gpus > 0 and config.device != "cpu" else "cpu"
 
 
@@ -238,35 +224,31 @@ def run_benchmark(config: BenchmarkConfig, echo: Callable[[str], None] = print) 
 
     A failed cell is reported through `echo` and recorded in the outcome; the other cells go on.
     """
-    import ray
-
-    from benchmarks.tracking import check_tracking_uri, redact_uri, resolve_tracking_uri
-
-    config = _checked(config)
+    _check(config)
     if config.address is not None:
         check_address(config.address)
-    uri = resolve_tracking_uri(config.tracking_uri)
-    check_tracking_uri(uri)
-    # Resolved here so every Ray worker (which may not share this process's environment) reads the same folder.
-    data_dir = config.data_dir or os.environ.get("MIXBENCH_DATA_DIR")
-    data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else None
-    # Every cell is validated, and complete ones skipped, before Ray starts; the device is set once Ray is up.
-    cells = plan_cells(config, config_entries(config, uri), data_dir)
-    done = complete_cells(uri, config.experiment, config.suite)
+    store = TrackingStore.resolve(config.tracking_uri)
+    # Every dataset is found and hashed once, every cell validated and complete ones skipped, before Ray starts;
+    # the device is set once Ray is up.
+    data = {file.name: file for file in (resolve_dataset(name, config.data_dir) for name in config.datasets)}
+    config = replace(config, datasets=list(data))
+    cells = plan_cells(config, config_entries(config, store), data)
+    done = complete_cells(store, config.experiment, config.suite)
     todo = [cell for cell in cells if cell.key not in done]
     outcome = BenchmarkOutcome(config.suite, skipped=[cell for cell in cells if cell.key in done])
     echo(f"suite {config.suite}: {len(cells)} cells, {len(outcome.skipped)} already complete, {len(todo)} to run; "
-         f"logging to {redact_uri(uri)}")
+         f"logging to {store.redacted}")
     if not todo:
         return outcome
     started = connect(config.address)
     try:
         gpus, device = _resources(config)
         echo(f"each run reserves {gpus:g} GPU and {config.cpus_per_run:g} CPU and trains on {device}")
+        share = WorkerShare(cpus=config.cpus_per_run, gpus=gpus)
         task = ray.remote(run_cell)
         pending = {
-            task.options(num_cpus=config.cpus_per_run, num_gpus=gpus).remote(
-                replace(cell.spec, device=device), config.cpus_per_run, gpus): cell
+            task.options(num_cpus=share.cpus, num_gpus=share.gpus).remote(
+                replace(cell.experiment, device=device), share): cell
             for cell in todo
         }
         while pending:
@@ -275,7 +257,7 @@ def run_benchmark(config: BenchmarkConfig, echo: Callable[[str], None] = print) 
             position = len(outcome.logged) + len(outcome.failed) + 1
             try:
                 result, files = ray.get(ready[0])
-                run_id = _log(result, files, cell, config, uri)
+                run_id = _log(result, files, cell, config, store)
             except Exception as error:  # noqa: BLE001 - one failed cell must not stop the others
                 message = _first_line(error)
                 outcome.failed.append((cell, message))

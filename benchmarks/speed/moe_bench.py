@@ -1,24 +1,25 @@
 """CPU benchmark of MixMamba's batched experts against a per-expert loop (forward + backward ms per training step).
 
-Run `python -m benchmarks.moe_bench`; writes benchmarks/results/moe_cpu.json and prints a table.
+Run `python -m benchmarks.speed.moe_bench` (e.g. `--cases moe16 --steps 5`); writes benchmarks/results/moe_cpu.json
+and prints a table.
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import click
 import torch
 from torch import nn
 
-from mixmamba import Mamba, MambaExperts, MixMamba, MixMambaConfig, forecast_loss
+from benchmarks.speed.report import RESULTS_DIR, device_name, write_json
+from mixmamba import Mamba, MambaExperts, MixMamba, MixMambaConfig, RoutingStats, StackedMamba, forecast_loss
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "moe_cpu.json"
+RESULTS_PATH = RESULTS_DIR / "moe_cpu.json"
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,14 @@ CASES = {
 class LoopedExperts(nn.Module):
     """The same experts run the way the official code runs them: each expert's Mamba over its own slots, in turn."""
 
-    def __init__(self, experts: MambaExperts) -> None:
+    def __init__(self, experts: MambaExperts, scan_backend: str = "auto") -> None:
         super().__init__()
         state = experts.per_expert_state_dict()
-        layer = experts.layers[0]
+        layer = cast(StackedMamba, experts.layers[0])
         self.blocks = nn.ModuleList()
         for e in range(experts.num_experts):
-            block = Mamba(layer.d_model, layer.d_state, layer.d_conv, layer.d_inner // layer.d_model)
+            block = Mamba(layer.d_model, layer.d_state, layer.d_conv, layer.d_inner // layer.d_model,
+                          scan_backend=scan_backend)
             prefix = f"experts.{e}."
             block.load_state_dict({key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)})
             self.blocks.append(block)
@@ -68,7 +70,7 @@ def time_training_steps(
     The models take turns step by step, so load from other processes on a shared machine hits them alike; process
     CPU time is what the process itself spent, which such load inflates much less than wall time.
     """
-    times = {name: {"wall_ms": [], "cpu_ms": []} for name in models}
+    times: dict[str, dict[str, list[float]]] = {name: {"wall_ms": [], "cpu_ms": []} for name in models}
     for step in range(warmup + steps):
         for name, model in models.items():
             model.train()
@@ -95,12 +97,13 @@ def max_forecast_difference(batched: MixMamba, looped: MixMamba, x: torch.Tensor
     return (forecasts[0] - forecasts[1]).abs().max().item()
 
 
-def run_case(case: BenchCase, warmup: int, steps: int) -> dict:
+def run_case(case: BenchCase, warmup: int, steps: int) -> dict[str, Any]:
+    """Batched and looped experts of one case from the same weights: median step times, speedups, forecast gap."""
     torch.manual_seed(0)
     batched = MixMamba(case.config)
     looped = MixMamba(case.config)
     looped.load_state_dict(batched.state_dict())
-    looped.moe.experts = LoopedExperts(batched.moe.experts)
+    looped.moe.experts = LoopedExperts(cast(MambaExperts, batched.moe.experts))
     x = torch.randn(case.batch, case.config.seq_len, case.config.enc_in)
     y = torch.randn(case.batch, case.config.pred_len, case.config.enc_in)
     times = time_training_steps({"batched": batched, "loop": looped}, x, y, warmup, steps)
@@ -111,7 +114,7 @@ def run_case(case: BenchCase, warmup: int, steps: int) -> dict:
         "name": case.name,
         "batch": case.batch,
         "sequences": case.batch * case.config.enc_in,
-        "capacity_train": batched.last_routing.capacity,
+        "capacity_train": cast(RoutingStats, batched.last_routing).capacity,
         "parameters": sum(p.numel() for p in batched.parameters()),
         "config": asdict(case.config),
         "batched_ms_per_step": medians["batched"]["wall_ms"],
@@ -125,15 +128,6 @@ def run_case(case: BenchCase, warmup: int, steps: int) -> dict:
     }
 
 
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 @click.command()
 @click.option("--cases", default="small,moe16", show_default=True, help="Comma-separated cases: small, moe16.")
 @click.option("--warmup", default=1, show_default=True, help="Untimed steps per case and variant.")
@@ -142,7 +136,12 @@ def cpu_name() -> str:
               help="torch CPU threads; with 1, process CPU time is the compute itself (no threads spinning).")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=RESULTS_PATH, show_default=True)
 def main(cases: str, warmup: int, steps: int, threads: int, output: Path) -> None:
-    """Time forward + backward of MixMamba on CPU with batched experts and with a per-expert loop."""
+    """Time forward + backward of MixMamba on CPU with batched experts and with a per-expert loop.
+
+    \b
+    Example:
+        python -m benchmarks.speed.moe_bench --cases small,moe16 --steps 3 --threads 1
+    """
     torch.set_num_threads(threads)
     names = [name.strip() for name in cases.split(",") if name.strip()]
     unknown = [name for name in names if name not in CASES]
@@ -151,7 +150,7 @@ def main(cases: str, warmup: int, steps: int, threads: int, output: Path) -> Non
     load_before = os.getloadavg()[0]
     results = [run_case(CASES[name], warmup, steps) for name in names]
     report = {
-        "device": f"cpu: {cpu_name()}",
+        "device": f"cpu: {device_name(torch.device('cpu'))}",
         "load_average_1min_before": load_before,
         "load_average_1min_after": os.getloadavg()[0],
         "torch": torch.__version__,
@@ -160,8 +159,7 @@ def main(cases: str, warmup: int, steps: int, threads: int, output: Path) -> Non
         "steps": steps,
         "results": results,
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(output, report)
     click.echo(
         f"{report['device']}, torch {report['torch']}, {threads} thread(s), median of {steps} steps, "
         f"load average {load_before:.1f} -> {report['load_average_1min_after']:.1f}"

@@ -7,9 +7,9 @@ from typing import TypeVar
 
 import click
 
-from benchmarks.datafiles import HF_REPO_URL, download_file, file_status, resolve_data_dir
-from benchmarks.datasets import DATASETS, SPLIT_RULE_LABELS, get_dataset
-from benchmarks.errors import InputError
+from benchmarks.data.files import HF_REPO_URL, download_file, file_status, resolve_data_dir, resolve_dataset
+from benchmarks.data.registry import DATASETS, SPLIT_RULE_LABELS, get_dataset
+from benchmarks.errors import DataError
 
 Command = TypeVar("Command", bound=Callable)
 
@@ -59,23 +59,24 @@ def list_datasets(data_dir: Path | None) -> None:
 
 
 @data.command()
-@click.argument("names", nargs=-1, required=True, metavar="NAME...")
+@click.argument("datasets", nargs=-1, required=True, metavar="DATASET...")
 @click.option("--force", is_flag=True, help="Download again even when a copy is already there.")
 @data_dir_option
-def download(names: tuple[str, ...], force: bool, data_dir: Path | None) -> None:
+def download(datasets: tuple[str, ...], force: bool, data_dir: Path | None) -> None:
     """Download datasets from the Time-Series-Library Hugging Face repo into the data dir, checking their sha256.
 
     \b
     Example:
       mixbench data download weather ETTh1 --data-dir ./dataset
     """
-    specs = [get_dataset(name) for name in names]
+    # Files that may be missing or modified are the point here, so each is probed rather than resolved.
+    specs = [get_dataset(name) for name in datasets]
     for spec in specs:
         status = file_status(spec, data_dir)
         if status.present and not force:
             if status.verified is False:
-                raise InputError(f"{status.path} has sha256 {status.sha256} but {spec.name} should have "
-                                 f"{spec.sha256}; pass --force to replace it with a fresh download")
+                raise DataError(f"{status.path} has sha256 {status.sha256} but {spec.name} should have "
+                                f"{spec.sha256}; pass --force to replace it with a fresh download")
             click.echo(f"{spec.name}: already at {status.path}")
             continue
         click.echo(f"{spec.name}: downloading {spec.path} from {HF_REPO_URL}")
@@ -85,15 +86,16 @@ def download(names: tuple[str, ...], force: bool, data_dir: Path | None) -> None
 
 
 @data.command()
-@click.argument("name")
+@click.argument("dataset")
 @click.option("--seq-len", type=int, default=96, show_default=True, help="Lookback rows per window.")
 @click.option("--pred-len", type=int, default=96, show_default=True, help="Forecast rows per window.")
 @click.option("--features", type=click.Choice(["M", "S", "MS"], case_sensitive=False), default="M",
               show_default=True, help="M: all channels to all; S: target to target; MS: all channels to target.")
 @click.option("--target", default="OT", show_default=True, help="Target column for S and MS.")
-@click.option("--no-verify", is_flag=True, help="Accept a file whose sha256 differs from the registry's.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check the file's sha256 against the registry; --no-verify accepts a modified copy.")
 @data_dir_option
-def info(name: str, seq_len: int, pred_len: int, features: str, target: str, no_verify: bool,
+def info(dataset: str, seq_len: int, pred_len: int, features: str, target: str, verify: bool,
          data_dir: Path | None) -> None:
     """Show a dataset's file, channels and the rows and windows of each split under the TSLib protocol.
 
@@ -101,18 +103,20 @@ def info(name: str, seq_len: int, pred_len: int, features: str, target: str, no_
     Example:
       mixbench data info weather --seq-len 96 --pred-len 96 --features M
     """
-    from benchmarks.data import DataProtocol, load_forecast_data  # imports torch: only when this command runs
+    # Imported here: it imports torch (~1 s, measured), which `mixbench data --help`, list and download never need.
+    from benchmarks.data.protocol import DataProtocol, load_forecast_data
 
     protocol = DataProtocol(seq_len=seq_len, pred_len=pred_len, features=features, target=target)
-    forecast_data = load_forecast_data(name, protocol, data_dir=data_dir, verify=not no_verify)
-    spec = get_dataset(name)
+    file = resolve_dataset(dataset, data_dir, verify=verify)
+    forecast_data = load_forecast_data(file, protocol)
+    spec = file.spec
     if spec.sha256 is None:
         check = "no reference hash"
     else:
-        check = "verified" if forecast_data.sha256 == spec.sha256 else "DIFFERS from the registry"
+        check = "verified" if file.sha256 == spec.sha256 else "DIFFERS from the registry"
     click.echo(f"{spec.name}: {spec.description}")
-    click.echo(f"file      {forecast_data.path.resolve()}")
-    click.echo(f"sha256    {forecast_data.sha256} ({check})")
+    click.echo(f"file      {file.path}")
+    click.echo(f"sha256    {file.sha256} ({check})")
     click.echo(f"protocol  features {protocol.features}, target {protocol.target}, seq_len {protocol.seq_len:,}, "
                f"pred_len {protocol.pred_len:,}, {SPLIT_RULE_LABELS[spec.split_rule]} split")
     click.echo(f"channels  {forecast_data.n_channels:,} in, {forecast_data.n_targets:,} out, "

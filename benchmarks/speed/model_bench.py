@@ -1,7 +1,8 @@
 """Model cost benchmark: forward+backward time per step, parameter count and peak step memory of every registered
 model at its weather recipe settings (pred_len 96, batch 32 by default), written as JSON:
 
-    python -m benchmarks.model_bench                    # -> benchmarks/results/models_<device>.json
+    python -m benchmarks.speed.model_bench                     # -> benchmarks/results/models_<device>.json
+    python -m benchmarks.speed.model_bench --device cuda --models mixmamba patchtst --steps 20
 
 Each model runs in a fresh process so that one model's memory cannot hide another's. Peak memory is the growth over
 the built model and its inputs while stepping: on CUDA torch.cuda.max_memory_allocated over the timed steps (after
@@ -13,9 +14,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
-import json
 import multiprocessing
-import platform
 import re
 import statistics
 import sys
@@ -26,12 +25,12 @@ from typing import Any
 
 import torch
 
-from benchmarks.models import MODEL_NAMES, build_model, model_classes, recipe
+from benchmarks.models.registry import MODEL_NAMES, build_model, model_classes, recipe
+from benchmarks.speed.report import RESULTS_DIR, device_name, device_slug, synchronize, write_json
 
 DATASET = "weather"
 WEATHER_CHANNELS = 21
 WEATHER_TIME_FEATURES = 4  # timeF features at TSLib's default freq 'h', which its weather scripts keep
-RESULTS_DIR = Path(__file__).with_name("results")
 
 
 @dataclass(frozen=True)
@@ -58,11 +57,6 @@ class ModelCost:
     ms_per_step_min: float | None = None
     peak_step_memory_mib: float | None = None
     model_settings: dict[str, Any] | None = None
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _process_status_mib(field: str) -> float:
@@ -106,7 +100,7 @@ def measure_model(name: str, settings: BenchSettings) -> ModelCost:
     for _ in range(settings.warmup_steps):
         step()
     model.zero_grad(set_to_none=True)
-    _synchronize(device)
+    synchronize(device)
     if device.type == "cuda":
         # from after the warm-up: its one-time allocations (the cuBLAS workspace) are not the model's
         torch.cuda.reset_peak_memory_stats(device)
@@ -115,7 +109,7 @@ def measure_model(name: str, settings: BenchSettings) -> ModelCost:
     for _ in range(settings.timed_steps):
         start = time.perf_counter()
         step()
-        _synchronize(device)
+        synchronize(device)
         times_ms.append((time.perf_counter() - start) * 1000)
     if device.type == "cuda":
         peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
@@ -132,25 +126,6 @@ def measure_model(name: str, settings: BenchSettings) -> ModelCost:
     )
 
 
-def device_name(device: str) -> str:
-    """The GPU's or the CPU's model name."""
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), flags=re.MULTILINE)
-        if match:
-            return match.group(1).strip()
-    return platform.processor() or platform.machine()
-
-
-def device_slug(device: str) -> str:
-    """`cpu`, or the GPU name in lower-case words joined by dashes (e.g. nvidia-h200)."""
-    if not device.startswith("cuda"):
-        return "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
-
-
 def run_benchmark(models: tuple[str, ...], settings: BenchSettings) -> dict[str, Any]:
     """Measure each model in its own fresh process and return the report written to JSON."""
     costs = []
@@ -163,7 +138,7 @@ def run_benchmark(models: tuple[str, ...], settings: BenchSettings) -> dict[str,
     return {
         "benchmark": "model_bench",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(settings.device),
+        "device": device_name(torch.device(settings.device)),
         "device_type": torch.device(settings.device).type,
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
@@ -185,14 +160,17 @@ def _format_row(cost: ModelCost) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """Measure the models `argv` names, each in a fresh process, and write the JSON report."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed.model_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
     parser.add_argument("--pred-len", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/models_<device>.json)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default benchmarks/results/models_<device>.json)")
     args = parser.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -202,9 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = BenchSettings(device=device, pred_len=args.pred_len, batch_size=args.batch_size,
                              warmup_steps=args.warmup, timed_steps=args.steps)
     report = run_benchmark(tuple(args.models), settings)
-    out = args.out or RESULTS_DIR / f"models_{device_slug(device)}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = args.out or RESULTS_DIR / f"models_{device_slug(torch.device(device))}.json"
+    write_json(out, report)
     print(f"wrote {out}", file=sys.stderr)
 
 

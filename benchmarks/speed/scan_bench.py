@@ -5,7 +5,8 @@ and the float64 recurrence, times forward and forward+backward with triton.testi
 triton tiling, times a batched-experts training step, checks torch.compile(fullgraph=True) through the op, and
 writes JSON after every section (so a run cut short still leaves its numbers):
 
-    python -m benchmarks.scan_bench --out benchmarks/results/scan_h200.json
+    python -m benchmarks.speed.scan_bench          # -> benchmarks/results/scan_<device>.json, e.g. scan_h200.json
+    python -m benchmarks.speed.scan_bench --out /tmp/scan.json
 """
 from __future__ import annotations
 
@@ -17,12 +18,23 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.speed.report import RESULTS_DIR, device_slug
 from mixmamba.experts import MambaExperts
 from mixmamba.scan import SCAN_BACKENDS, scan_backend_names, selective_scan
+
+try:
+    import triton
+    import triton.testing
+
+    from mixmamba.scan_triton import LaunchConfig, selective_scan_triton, triton_scan_backward, triton_scan_forward
+except ImportError:  # CPU-only installs: --help still works, and main() stops before anything needs Triton
+    triton = None
 
 GRADIENT_INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 FLOAT32_TOLERANCE = 1e-4  # ||triton - reference|| / ||reference|| for the output and every gradient
@@ -83,7 +95,9 @@ def poison_cached_memory(nbytes: int) -> None:
     torch.empty(nbytes // 4 + 1, device=DEVICE).fill_(float("nan"))
 
 
-def outputs_and_gradients(backend: str, inputs: dict[str, torch.Tensor], grad_out: torch.Tensor) -> dict:
+def outputs_and_gradients(backend: str, inputs: dict[str, torch.Tensor],
+                          grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The scan's output and the gradient of every input (`d<name>`) for `grad_out`."""
     leaves = {name: t.detach().requires_grad_() for name, t in inputs.items()}
     out = selective_scan(**leaves, delta_softplus=True, backend=backend)
     grads = torch.autograd.grad(out, list(leaves.values()), grad_out.to(out.dtype))
@@ -91,16 +105,17 @@ def outputs_and_gradients(backend: str, inputs: dict[str, torch.Tensor], grad_ou
 
 
 def relative_error(value: torch.Tensor, expected: torch.Tensor) -> float:
+    """||value - expected|| / ||expected||, in float64."""
     return ((value.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
-def check_parity(shape: ScanShape, dtype: torch.dtype) -> dict:
+def check_parity(shape: ScanShape, dtype: torch.dtype) -> dict[str, Any]:
     """Relative errors of every backend's output and gradients against reference and the float64 recurrence."""
     inputs = scan_inputs(shape, dtype)
     grad_out = torch.randn(inputs["u"].shape, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(1))
     exact = outputs_and_gradients("reference", {k: v.double() for k, v in inputs.items()}, grad_out.double())
     reference = outputs_and_gradients("reference", inputs, grad_out)
-    result = {}
+    result: dict[str, Any] = {}
     for backend in ("triton", "mamba_ssm"):
         if backend not in SCAN_BACKENDS:
             continue
@@ -124,17 +139,16 @@ def check_parity(shape: ScanShape, dtype: torch.dtype) -> dict:
 
 
 def median_ms(fn: Callable[[], object]) -> float:
-    import triton.testing
-
+    """Median milliseconds of `fn` (triton.testing.do_bench: 25 ms warm-up, 100 ms of repetitions)."""
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def time_backends(shape: ScanShape, dtype: torch.dtype) -> dict:
+def time_backends(shape: ScanShape, dtype: torch.dtype) -> dict[str, Any]:
     """Median ms of forward and forward+backward for every backend that runs here, and triton's achieved bandwidth."""
     inputs = scan_inputs(shape, dtype)
     leaves = {name: t.detach().requires_grad_() for name, t in inputs.items()}
     grad_out = torch.randn_like(inputs["u"])
-    result = {}
+    result: dict[str, Any] = {}
     for backend in ("triton", "reference", "mamba_ssm"):
         if backend not in SCAN_BACKENDS:
             continue
@@ -143,7 +157,7 @@ def time_backends(shape: ScanShape, dtype: torch.dtype) -> dict:
             with torch.no_grad():
                 return selective_scan(**inputs, delta_softplus=True, backend=backend)
 
-        def forward_backward() -> tuple:
+        def forward_backward() -> tuple[torch.Tensor, ...]:
             out = selective_scan(**leaves, delta_softplus=True, backend=backend)
             return torch.autograd.grad(out, list(leaves.values()), grad_out)
 
@@ -161,33 +175,36 @@ def time_backends(shape: ScanShape, dtype: torch.dtype) -> dict:
     return result
 
 
-def sweep_tiling(shape: ScanShape, dtype: torch.dtype) -> dict:
+def sweep_tiling(shape: ScanShape, dtype: torch.dtype) -> dict[str, Any]:
     """Triton's forward and backward launchers alone at each channels-per-program setting, and how far each
     setting's output and gradients are from the default setting's."""
-    from mixmamba.scan_triton import LaunchConfig, triton_scan_backward, triton_scan_forward
-
     inputs = scan_inputs(shape, dtype)
-    args = [inputs[name] for name in GRADIENT_INPUTS]
+    u, delta, A, B, C, D, z, delta_bias = (inputs[name] for name in GRADIENT_INPUTS)
     dout = torch.randn_like(inputs["u"])
-    default = [triton_scan_forward(*args, True), *triton_scan_backward(dout, *args, True)]
+
+    def forward(config: LaunchConfig) -> torch.Tensor:
+        return triton_scan_forward(u, delta, A, B, C, D, z, delta_bias, True, config)
+
+    def backward(config: LaunchConfig) -> list[torch.Tensor]:
+        grads = triton_scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, True, config)
+        return [grad for grad in grads if grad is not None]
+
+    default = [forward(LaunchConfig()), *backward(LaunchConfig())]
     result = {}
     for block_d in SWEEP_BLOCK_D:
         config = LaunchConfig(block_d=block_d)
-        tiled = [triton_scan_forward(*args, True, config), *triton_scan_backward(dout, *args, True, config)]
+        tiled = [forward(config), *backward(config)]
         result[str(block_d)] = {
-            "fwd_ms": median_ms(lambda: triton_scan_forward(*args, True, config)),
-            "bwd_ms": median_ms(lambda: triton_scan_backward(dout, *args, True, config)),
+            "fwd_ms": median_ms(lambda: forward(config)),
+            "bwd_ms": median_ms(lambda: backward(config)),
             "max_rel_error_vs_default": max(relative_error(a, b) for a, b in zip(tiled, default)),
         }
     return result
 
 
-def profile_triton_step(shape: ScanShape) -> dict:
+def profile_triton_step(shape: ScanShape) -> dict[str, Any]:
     """Where a triton forward+backward spends its time: device time of each kernel (profiler) against the host's
     time to issue the step; when issuing takes longer than the kernels, the step is bound by the host."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
     inputs = scan_inputs(shape, torch.float32)
     leaves = {name: t.detach().requires_grad_() for name, t in inputs.items()}
     grad_out = torch.randn_like(inputs["u"])
@@ -223,7 +240,7 @@ def profile_triton_step(shape: ScanShape) -> dict:
     }
 
 
-def time_compiled_step(shape: ScanShape) -> dict:
+def time_compiled_step(shape: ScanShape) -> dict[str, Any]:
     """Forward+backward of the scan under torch.compile(mode="reduce-overhead") (CUDA graphs), per backend."""
     inputs = scan_inputs(shape, torch.float32)
     leaves = {name: t.detach().requires_grad_() for name, t in inputs.items()}
@@ -242,20 +259,18 @@ def time_compiled_step(shape: ScanShape) -> dict:
     return result
 
 
-def check_compile() -> dict:
+def check_compile() -> dict[str, Any]:
     """torch.compile(fullgraph=True) of a function around the scan: eager and compiled outputs and gradients."""
-    from mixmamba.scan_triton import selective_scan_triton
-
     shape = ScanShape("compile", 8, 2, 64, 16, 8, False, "")
     inputs = scan_inputs(shape, torch.float32)
     grad_out = torch.randn_like(inputs["u"])
-    callers = {
+    callers: dict[str, Callable[..., torch.Tensor]] = {
         "op": lambda **kw: selective_scan_triton(**kw),
         "selective_scan(backend='auto')": lambda **kw: selective_scan(**kw, backend="auto"),
     }
-    result = {}
+    result: dict[str, Any] = {}
     for name, call in callers.items():
-        def scaled(**kw):
+        def scaled(**kw: Any) -> torch.Tensor:
             return torch.tanh(call(**kw)) * 2.0
 
         try:
@@ -268,14 +283,15 @@ def check_compile() -> dict:
     return result
 
 
-def _grads(fn: Callable, inputs: dict, grad_out: torch.Tensor) -> dict:
+def _grads(fn: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor],
+           grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
     leaves = {name: t.detach().requires_grad_() for name, t in inputs.items()}
     out = fn(**leaves, delta_softplus=True)
     grads = torch.autograd.grad(out, list(leaves.values()), grad_out)
     return {"out": out.detach(), **{f"d{name}": g for name, g in zip(leaves, grads)}}
 
 
-def time_experts_step(shape: ScanShape) -> dict:
+def time_experts_step(shape: ScanShape) -> dict[str, Any]:
     """Forward+backward of MambaExperts (one layer, all experts batched) with each scan backend, float32."""
     d_model = shape.channels // 2
     x = torch.randn(shape.groups, shape.batch, shape.length, d_model, device=DEVICE)
@@ -291,9 +307,7 @@ def time_experts_step(shape: ScanShape) -> dict:
     return result
 
 
-def _median_ms_zeroing(fn: Callable[[], None], parameters: list[torch.Tensor]) -> float:
-    import triton.testing
-
+def _median_ms_zeroing(fn: Callable[[], None], parameters: Sequence[torch.Tensor]) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=parameters, return_mode="median")
 
 
@@ -304,11 +318,8 @@ def copy_bandwidth_GBps() -> float:
     return 2 * src.numel() * 4 / median_ms(lambda: dst.copy_(src)) / 1e6
 
 
-def environment() -> dict:
-    import triton
-
-    from mixmamba.scan_triton import LaunchConfig
-
+def environment() -> dict[str, Any]:
+    """The GPU, software versions, scan backends and the tolerance the parity checks use."""
     return {
         "device": torch.cuda.get_device_name(),
         "sm_count": torch.cuda.get_device_properties(0).multi_processor_count,
@@ -322,7 +333,8 @@ def environment() -> dict:
     }
 
 
-def print_table(report: dict) -> None:
+def print_table(report: dict[str, Any]) -> None:
+    """Parity, timings, compile checks, profiles and the tiling sweep, as a short text summary."""
     print("\nparity (worst relative error of out and all 8 gradients; triton vs reference)")
     for shape, by_dtype in report.get("parity", {}).items():
         for dtype, result in by_dtype.items():
@@ -351,14 +363,18 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON report")
+    """Run every section on the GPU, rewriting the JSON report after each; 2 when there is no CUDA device."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed.scan_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the JSON report (default: benchmarks/results/scan_<device>.json)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("scan_bench needs a CUDA device; run it on the GPU machine", file=sys.stderr)
+    if not torch.cuda.is_available() or triton is None:
+        print("scan_bench needs a CUDA device and Triton; run it on the GPU machine", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report: dict = {"shapes": [asdict(s) for s in SHAPES], "failures": {}}
+    out: Path = args.out or RESULTS_DIR / f"scan_{device_slug(torch.device(DEVICE), vendor=False)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"shapes": [asdict(s) for s in SHAPES], "failures": {}}
     started = time.perf_counter()
 
     def section(name: str, fill: Callable[[], None]) -> None:
@@ -369,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             report["failures"][name] = traceback.format_exc()[-3000:]
             print(report["failures"][name], file=sys.stderr)
         report.setdefault("section_seconds", {})[name] = round(time.perf_counter() - section_start, 1)
-        args.out.write_text(json.dumps(report, indent=1))
+        out.write_text(json.dumps(report, indent=1))
         print(f"[{time.perf_counter() - started:6.1f}s] {name} done", flush=True)
 
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -402,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         section(f"compiled step {shape.name}",
                 lambda: report["compiled_step"].update({shape.name: time_compiled_step(shape)}))
     report["total_seconds"] = round(time.perf_counter() - started, 1)
-    args.out.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps(report, indent=1))
     print_table(report)
     return 0
 

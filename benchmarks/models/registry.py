@@ -1,5 +1,5 @@
 """The model registry: model names -> (config class, model class), building a model from settings, and each model's
-per-dataset recipe (reference-script model and training settings) read from benchmarks/recipes.yaml.
+per-dataset recipe (reference-script model and training settings) read from benchmarks/models/recipes.yaml.
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from typing import Any
 import yaml
 from torch import nn
 
-from benchmarks.errors import InputError
+from benchmarks.errors import SettingError
 
 MODEL_NAMES = ("mixmamba", "patchtst", "itransformer", "dlinear")
+MODEL_LABELS = {"mixmamba": "MixMamba", "itransformer": "iTransformer", "patchtst": "PatchTST", "dlinear": "DLinear"}
 
 # name -> (module, config class, model class); imported on first use so the baselines work without mixmamba
 _CLASS_PATHS: dict[str, tuple[str, str, str]] = {
@@ -47,7 +48,12 @@ class Recipe:
     source: str = ""
 
 
-def _did_you_mean(value: str, choices: typing.Iterable[str]) -> str:
+def model_label(model: str) -> str:
+    """The display name of a registry model ("patchtst" -> "PatchTST"); unknown names are returned unchanged."""
+    return MODEL_LABELS.get(model, model)
+
+
+def did_you_mean(value: str, choices: typing.Iterable[str]) -> str:
     """' did you mean X?' for the closest choice (ignoring case), or ''."""
     by_lower = {choice.lower(): choice for choice in choices}
     match = difflib.get_close_matches(str(value).lower(), list(by_lower), n=1)
@@ -56,8 +62,9 @@ def _did_you_mean(value: str, choices: typing.Iterable[str]) -> str:
 
 def _check_model_name(name: str) -> None:
     if name not in MODEL_NAMES:
-        raise InputError(
-            f"unknown model {name!r}:{_did_you_mean(name, MODEL_NAMES)} choose one of {', '.join(MODEL_NAMES)}"
+        raise SettingError(
+            f"{{setting}} {name!r} is not a registered model:{did_you_mean(name, MODEL_NAMES)} choose one of "
+            f"{', '.join(MODEL_NAMES)}", setting="model"
         )
 
 
@@ -72,7 +79,7 @@ def model_classes(name: str) -> tuple[type, type[nn.Module]]:
 
 
 def _coerce(name: str, key: str, value: Any, annotation: Any) -> Any:
-    """Return value as the field's plain type (numpy scalars from search libraries included), or raise InputError."""
+    """Return value as the field's plain type (numpy scalars from search libraries included), or raise SettingError."""
     if annotation is bool:
         if isinstance(value, (bool, numbers.Integral)) and value in (0, 1):
             return bool(value)
@@ -88,13 +95,13 @@ def _coerce(name: str, key: str, value: Any, annotation: Any) -> Any:
     else:
         return value  # richer annotations are left to the config's own validation
     expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[annotation]
-    raise InputError(f"{name} setting {key}={value!r} must be {expected}; fix the value in the overrides")
+    raise SettingError(f"{{setting}}={value!r} must be {expected}", setting=f"model.{key}")
 
 
 def model_config(name: str, seq_len: int, pred_len: int, enc_in: int, overrides: dict[str, Any] | None = None) -> Any:
     """The validated config dataclass of model `name`: its defaults updated by `overrides` (e.g. a recipe's model).
 
-    Raises InputError for an unknown model, an unknown or protocol key in overrides, or a value the config rejects.
+    Raises SettingError for an unknown model, an unknown or protocol key in overrides, or a value the config rejects.
     """
     config_class, _ = model_classes(name)
     overrides = dict(overrides or {})
@@ -103,16 +110,16 @@ def model_config(name: str, seq_len: int, pred_len: int, enc_in: int, overrides:
     values: dict[str, Any] = {}
     for key, value in overrides.items():
         if key in PROTOCOL_FIELDS:
-            raise InputError(f"{name} override {key!r} comes from the data protocol; pass {key}= to build the model")
+            raise SettingError(f"{{setting}} comes from the data protocol; set {key} itself", setting=f"model.{key}")
         if key not in settable:
-            raise InputError(
-                f"unknown {name} setting {key!r}:{_did_you_mean(key, settable)} valid keys are {', '.join(settable)}"
-            )
+            raise SettingError(
+                f"{{setting}} is not a {name} setting:{did_you_mean(key, settable)} valid keys are "
+                f"{', '.join(settable)}", setting=f"model.{key}")
         values[key] = _coerce(name, key, value, hints[key])
     try:
         return config_class(seq_len=seq_len, pred_len=pred_len, enc_in=enc_in, **values)
     except (ValueError, TypeError) as error:
-        raise InputError(f"bad {name} settings: {error}") from None
+        raise SettingError(f"bad {name} {{setting}}: {error}", setting="model") from None
 
 
 def build_model(
@@ -159,18 +166,17 @@ def recipe_datasets(name: str) -> tuple[str, ...]:
 
 
 def recipe(name: str, dataset: str, pred_len: int) -> Recipe:
-    """The reference settings of model `name` on `dataset` (matched ignoring case) at horizon `pred_len`.
+    """The reference settings of model `name` on `dataset` (its registry spelling) at horizon `pred_len`.
 
     A dataset without a reference script gets the model's defaults alone; Recipe.source says which applied.
     """
     _check_model_name(name)
     if isinstance(pred_len, bool) or not isinstance(pred_len, numbers.Integral) or pred_len < 1:
-        raise InputError(f"pred_len must be a positive integer, got {pred_len!r}")
+        raise SettingError(f"{{setting}} must be a positive integer, got {pred_len!r}", setting="pred_len")
     data = _load_recipes()
     section = data["models"][name]
     datasets = section.get("datasets", {})
-    canonical = {known.lower(): known for known in datasets}.get(str(dataset).lower())
-    entry = datasets[canonical] if canonical else {"source": f"no reference script for {name} on {dataset}: defaults"}
+    entry = datasets.get(dataset, {"source": f"no reference script for {name} on {dataset}: defaults"})
     horizon = entry.get("horizons", {}).get(int(pred_len), {})
     defaults = section.get("defaults", {})
     model: dict[str, Any] = {}

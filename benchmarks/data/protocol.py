@@ -1,25 +1,23 @@
 """The Time-Series-Library forecasting protocol as tensors: splits, scaling, time features and stride-1 windows.
 
-`load_forecast_data` is the one entry point; each split is stored once on the device and a batch of windows is an
-index gather, so iterating never runs a Python loop per sample.
+`load_forecast_data` turns a resolved dataset file into the splits; each is stored once on the device and a batch of
+windows is an index gather, so iterating never runs a Python loop per sample.
 """
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 
-from benchmarks.csvcache import ParsedCSV, load_csv
-from benchmarks.datafiles import ensure_file
-from benchmarks.datasets import SPLIT_NAMES, DatasetSpec, get_dataset, split_bounds
-from benchmarks.errors import InputError
-from benchmarks.timefeatures import n_time_features, time_features
+from benchmarks.data.csvcache import ParsedCSV, load_csv
+from benchmarks.data.files import DatasetFile
+from benchmarks.data.registry import SPLIT_NAMES, split_bounds
+from benchmarks.data.timefeatures import n_time_features, time_features
+from benchmarks.errors import DataError, SettingError
 
 Features = Literal["M", "S", "MS"]
 
@@ -39,12 +37,13 @@ class DataProtocol:
         for name in ("seq_len", "pred_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise InputError(f"{name} must be a positive integer, got {value!r}; pass e.g. {name}=96")
+                raise SettingError(f"{{setting}} must be a positive integer, got {value!r}; use e.g. 96", setting=name)
         if self.features not in ("M", "S", "MS"):
-            raise InputError(f"features must be 'M', 'S' or 'MS', got {self.features!r}")
+            raise SettingError(f"{{setting}} must be 'M', 'S' or 'MS', got {self.features!r}", setting="features")
         if not isinstance(self.target, str) or not self.target:
-            raise InputError(f"target must be a column name, got {self.target!r}; the TSLib default is 'OT'")
-        n_time_features(self.freq)  # raises InputError for an unknown frequency
+            raise SettingError(f"{{setting}} must be a column name, got {self.target!r}; the TSLib default is 'OT'",
+                               setting="target")
+        n_time_features(self.freq)  # raises SettingError for an unknown frequency
 
 
 class WindowBatch(NamedTuple):
@@ -73,8 +72,9 @@ class WindowedSplit:
         if self.values.shape[0] != self.marks.shape[0]:
             raise ValueError(f"values have {self.values.shape[0]} rows but marks have {self.marks.shape[0]}")
         if self.num_windows < 1:
-            raise InputError(f"the {self.name} split has {self.num_rows:,} rows, fewer than seq_len + pred_len = "
-                             f"{self.seq_len + self.pred_len:,}; use a shorter seq_len or pred_len")
+            raise DataError(f"the {self.name} split has {self.num_rows:,} rows, fewer than seq_len + {{setting}} = "
+                            f"{self.seq_len + self.pred_len:,}; use a shorter seq_len or {{setting}}",
+                            setting="pred_len")
         device = self.values.device
         object.__setattr__(self, "_x_offsets", torch.arange(self.seq_len, device=device))
         object.__setattr__(self, "_y_offsets", torch.arange(self.seq_len, self.seq_len + self.pred_len, device=device))
@@ -103,9 +103,9 @@ class WindowedSplit:
         """The windows whose first rows are `index` (a 1-D integer tensor on any device)."""
         index = torch.as_tensor(index).reshape(-1)
         if index.dtype not in (torch.int32, torch.int64):
-            raise InputError(f"window indices must be integers, got {index.dtype}; pass a LongTensor")
+            raise TypeError(f"window indices must be integers, got {index.dtype}; pass a LongTensor")
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_windows):
-            raise InputError(f"window indices must lie in [0, {self.num_windows}) for the {self.name} split, got "
+            raise IndexError(f"window indices must lie in [0, {self.num_windows}) for the {self.name} split, got "
                              f"{int(index.min())}..{int(index.max())}")
         return self._gather(index.to(self.device, torch.int64))
 
@@ -116,10 +116,11 @@ class WindowedSplit:
         Shuffling draws `torch.randperm` on the CPU from `generator` (a CPU generator), so the order is the same on
         every device for the same seed.
         """
+        # TrainConfig validates the user's batch size and limits; these guard direct callers of the library
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise InputError(f"limit must be None or a non-negative integer, got {limit!r}")
+            raise ValueError(f"limit must be None or a non-negative integer, got {limit!r}")
         n = self.num_windows
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         order = order.to(self.device)
@@ -144,10 +145,8 @@ class WindowedSplit:
 class ForecastData:
     """A dataset under a protocol: three windowed splits plus what produced them."""
 
-    dataset: str                  # registry name, e.g. 'weather'
+    file: DatasetFile             # the registered dataset's CSV the splits came from
     protocol: DataProtocol
-    path: Path
-    sha256: str                   # of the CSV the splits came from
     columns: tuple[str, ...]      # names of the C_in input channels, in tensor order (target last for S/MS)
     scaler_mean: np.ndarray       # (C_in,) float64, from the training rows (zeros when scale=False)
     scaler_std: np.ndarray        # (C_in,) float64, population std of the training rows (ones when scale=False)
@@ -173,24 +172,18 @@ class ForecastData:
 
     def to(self, device: str | torch.device) -> ForecastData:
         """This data with every split's tensors on `device`."""
-        return ForecastData(self.dataset, self.protocol, self.path, self.sha256, self.columns, self.scaler_mean,
-                            self.scaler_std, self.train.to(device), self.val.to(device), self.test.to(device))
+        return ForecastData(self.file, self.protocol, self.columns, self.scaler_mean, self.scaler_std,
+                            self.train.to(device), self.val.to(device), self.test.to(device))
 
 
-def load_forecast_data(name: str, protocol: DataProtocol = DataProtocol(), data_dir: str | os.PathLike | None = None,
-                       device: str | torch.device = "cpu", *, download: bool = True,
-                       verify: bool = True) -> ForecastData:
-    """Load registered dataset `name` under `protocol`, with the splits on `device`.
-
-    `data_dir=None` means $MIXBENCH_DATA_DIR, else ./dataset. A missing file is downloaded unless `download=False`;
-    `verify=False` accepts a file whose sha256 differs from the registry's (a modified or custom copy).
-    """
-    spec = get_dataset(name)
-    path, sha256 = ensure_file(spec, data_dir, download=download, verify=verify)
-    parsed = load_csv(path, sha256)
-    columns = _input_columns(spec, parsed, protocol, path)
+def load_forecast_data(dataset: DatasetFile, protocol: DataProtocol = DataProtocol(),
+                       device: str | torch.device = "cpu") -> ForecastData:
+    """`dataset` (from `resolve_dataset`, already found and hashed) under `protocol`, with the splits on `device`."""
+    spec = dataset.spec
+    parsed = load_csv(dataset.path, dataset.sha256)
+    columns = _input_columns(dataset, parsed, protocol)
     raw = parsed.values[:, [parsed.columns.index(column) for column in columns]]   # (rows, C_in) float64
-    bounds = _checked_bounds(spec, parsed.n_rows, protocol, path)
+    bounds = _checked_bounds(dataset, parsed.n_rows, protocol)
 
     train_start, train_end = bounds["train"]
     if protocol.scale:
@@ -210,38 +203,39 @@ def load_forecast_data(name: str, protocol: DataProtocol = DataProtocol(), data_
         try:
             splits[split] = WindowedSplit(split, values.to(device), split_marks.to(device), protocol.seq_len,
                                           protocol.pred_len, start)
-        except InputError as error:
-            raise InputError(f"{spec.name}: {error}") from None
-    return ForecastData(dataset=spec.name, protocol=protocol, path=path, sha256=sha256, columns=columns,
-                        scaler_mean=mean, scaler_std=std, **splits)
+        except DataError as error:
+            raise DataError(f"{spec.name}: {error.template}", setting=error.setting) from None
+    return ForecastData(file=dataset, protocol=protocol, columns=columns, scaler_mean=mean, scaler_std=std, **splits)
 
 
-def _input_columns(spec: DatasetSpec, parsed: ParsedCSV, protocol: DataProtocol, path: Path) -> tuple[str, ...]:
+def _input_columns(dataset: DatasetFile, parsed: ParsedCSV, protocol: DataProtocol) -> tuple[str, ...]:
     """The input channels in TSLib's order: S the target alone; M/MS all columns, target last (ETT: file order)."""
     if protocol.target not in parsed.columns:
         listed = ", ".join(repr(column) for column in parsed.columns[:8])
-        raise InputError(f"target {protocol.target!r} is not a column of {path} (columns: {listed}"
-                         f"{', ...' if len(parsed.columns) > 8 else ''}); pass one of them as target")
+        raise SettingError(f"{{setting}} {protocol.target!r} is not a column of {dataset.path} (columns: {listed}"
+                           f"{', ...' if len(parsed.columns) > 8 else ''}); pass one of them as {{setting}}",
+                           setting="target")
     if protocol.features == "S":
         return (protocol.target,)
-    if spec.column_order == "file":
+    if dataset.spec.column_order == "file":
         if protocol.features == "MS" and parsed.columns[-1] != protocol.target:
-            raise InputError(f"TSLib's ETT loader keeps the file's column order and forecasts its last column "
-                             f"{parsed.columns[-1]!r} under MS, not target {protocol.target!r}; use target "
-                             f"{parsed.columns[-1]!r}, or features S")
+            raise SettingError(f"TSLib's ETT loader keeps the file's column order and forecasts its last column "
+                               f"{parsed.columns[-1]!r} under MS, not {{setting}} {protocol.target!r}; use "
+                               f"{{setting}} {parsed.columns[-1]!r}, or features S", setting="target")
         return parsed.columns
     return tuple(column for column in parsed.columns if column != protocol.target) + (protocol.target,)
 
 
-def _checked_bounds(spec: DatasetSpec, n_rows: int, protocol: DataProtocol, path: Path) -> dict[str, tuple[int, int]]:
-    bounds = split_bounds(spec.split_rule, n_rows, protocol.seq_len)
+def _checked_bounds(dataset: DatasetFile, n_rows: int, protocol: DataProtocol) -> dict[str, tuple[int, int]]:
+    bounds = split_bounds(dataset.spec.split_rule, n_rows, protocol.seq_len)
     needed = bounds["test"][1]
     if needed > n_rows:
-        raise InputError(f"{path} has {n_rows:,} rows but the {spec.name} split reads rows up to {needed:,}; "
-                         "use the complete file")
+        raise DataError(f"{dataset.path} has {n_rows:,} rows but the {dataset.name} split reads rows up to "
+                        f"{needed:,}; use the complete file")
     for split in SPLIT_NAMES:
         start, _ = bounds[split]
         if start < 0:
-            raise InputError(f"{spec.name}: seq_len {protocol.seq_len:,} reaches before the first row for the "
-                             f"{split} split (only {bounds['train'][1]:,} training rows); use a shorter seq_len")
+            raise DataError(f"{dataset.name}: {{setting}} {protocol.seq_len:,} reaches before the first row for the "
+                            f"{split} split (only {bounds['train'][1]:,} training rows); use a shorter {{setting}}",
+                            setting="seq_len")
     return bounds

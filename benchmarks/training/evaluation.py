@@ -1,0 +1,102 @@
+"""Scoring a forecaster on a split: MSE and MAE over every window (TSLib's f_dim for S/MS), and the routing
+statistics of models that report them through the `RoutingReporter` hook."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.data.protocol import WindowedSplit
+from benchmarks.errors import SettingError
+
+ROUTING_NAMES = ("expert_share", "first_choice_share", "dropped_token_rate")
+
+
+@runtime_checkable
+class RoutingReporter(Protocol):
+    """A mixture-of-experts model: expert_share (E,), first_choice_share (E,), dropped_token_rate () of its last
+    forward pass, or None before any."""
+
+    def routing_statistics(self) -> dict[str, torch.Tensor] | None: ...
+
+
+@dataclass(frozen=True)
+class Score:
+    """MSE and MAE over the scored windows (`windows` of the split's `total`), and routing means if reported."""
+
+    mse: float
+    mae: float
+    windows: int
+    total: int
+    routing: dict[str, np.ndarray] | None = None
+
+
+def target_channels(features: str) -> slice:
+    """The scored output channels: all for M, the last (the target) for MS and S, as TSLib's f_dim."""
+    return slice(-1, None) if features in ("MS", "S") else slice(None)
+
+
+def evaluate(model: nn.Module | Callable[..., tuple[torch.Tensor, torch.Tensor]], split: WindowedSplit, *,
+             features: str, batch_size: int, limit: int | None = None, bf16: bool = False, seed: int | None = None,
+             collect_routing: bool = False) -> Score:
+    """Score `model` over the windows of `split`: squared / absolute errors summed in float64, divided by their count.
+
+    model: the module, or its torch.compile'd form (full batches run through it, the last partial one through the
+      module, so nothing recompiles). limit: at most this many batches (a capped score says so in `windows`).
+    seed: draw the pass's random numbers from torch's generator seeded so (the global state is left untouched);
+      MixMamba's router flips coins for second choices in eval mode too.
+    """
+    module = getattr(model, "_orig_mod", model)
+    device = next(module.parameters()).device
+    if seed is not None:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return evaluate(model, split, features=features, batch_size=batch_size, limit=limit, bf16=bf16,
+                            collect_routing=collect_routing)
+    target = target_channels(features)
+    module.eval()
+    squared = torch.zeros((), dtype=torch.float64, device=device)
+    absolute = torch.zeros((), dtype=torch.float64, device=device)
+    count = windows = 0
+    routing = _RoutingTally() if collect_routing and isinstance(module, RoutingReporter) else None
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for batch in split.iter_batches(batch_size, limit=limit):
+            forward = model if batch.x.shape[0] == batch_size else module
+            forecast, _ = forward(batch.x, batch.x_mark)  # (B, pred_len, C_in)
+            error = forecast[..., target].float() - batch.y[..., target]
+            squared += error.square().sum(dtype=torch.float64)
+            absolute += error.abs().sum(dtype=torch.float64)
+            count += error.numel()
+            windows += batch.x.shape[0]
+            if routing is not None:
+                routing.add(module.routing_statistics(), batch.x.shape[0])
+    if count == 0:
+        raise SettingError(f"a split has no windows to evaluate ({{setting}}={limit}); use shorter windows or a "
+                           "larger limit", setting="train.limit_eval_batches")
+    mse, mae = (torch.stack([squared, absolute]) / count).tolist()
+    return Score(mse, mae, windows, split.num_windows, routing.summary() if routing is not None else None)
+
+
+class _RoutingTally:
+    """Window-weighted means of a model's per-batch routing statistics over a pass."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}  # name -> sum over batches of statistic x windows
+        self.windows = 0
+
+    def add(self, statistics: dict[str, torch.Tensor] | None, windows: int) -> None:
+        if statistics is None:
+            return
+        for name in ROUTING_NAMES:
+            value = statistics[name].double() * windows
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.windows += windows
+
+    def summary(self) -> dict[str, np.ndarray] | None:
+        """expert_share (E,), first_choice_share (E,), dropped_token_rate (); None when nothing was reported."""
+        if not self.sums:
+            return None
+        return {name: (total / self.windows).cpu().numpy() for name, total in self.sums.items()}

@@ -96,7 +96,7 @@ class Experiment:
 
 
 def resolve_experiment(model: str, data: DatasetFile, *, pred_len: int, seq_len: int = 96, features: str = "M",
-                       target: str = "OT", seed: int = 2021, settings: Mapping[str, Any] | None = None,
+                       target: str | None = None, seed: int = 2021, settings: Mapping[str, Any] | None = None,
                        device: str = "auto") -> Experiment:
     """The experiment of `model` on `data`: its recipe for (dataset, pred_len), then `settings` on top.
 
@@ -106,7 +106,8 @@ def resolve_experiment(model: str, data: DatasetFile, *, pred_len: int, seq_len:
     settings = dict(settings or {})
     if LOOKBACK in settings:
         seq_len = _lookback(settings.pop(LOOKBACK))
-    protocol = DataProtocol(seq_len=seq_len, pred_len=pred_len, features=features, target=target)
+    protocol = DataProtocol(seq_len=seq_len, pred_len=pred_len, features=features,
+                            target=target or data.spec.target)
     chosen = recipe(model, data.name, pred_len)
     defaults = {f"model.{key}": value for key, value in chosen.model.items()}
     defaults.update({f"train.{key}": value for key, value in chosen.train.items()})

@@ -19,7 +19,7 @@ from cluster.submission import Submission
 
 ADDRESS_HELP = "The head node's dashboard URL, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)."
 TOKEN_HELP = (
-    "File holding the cluster's auth token (default: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."
+    "File holding the cluster's auth token (default: $RAY_AUTH_TOKEN; never the local ~/.ray/auth_token)."
 )
 
 
@@ -123,13 +123,25 @@ def submit(
 
 @click.group()
 def jobs() -> None:
-    """List, inspect, follow and stop the jobs on a Ray cluster."""
+    """List, inspect, follow and stop the jobs on a Ray cluster.
+
+    \b
+    Example:
+      export RAY_API_SERVER_ADDRESS=http://HEAD:8265
+      mixbench jobs list --token-file cluster-token
+      mixbench jobs logs raysubmit_XXXX --follow
+    """
 
 
 @jobs.command("list")
 @_connection_options
 def list_jobs(address: str, token_file: Path | None) -> None:
-    """Every job on the cluster, oldest first: id, status, start time, entrypoint."""
+    """Every job on the cluster, oldest first: id, status, start time, entrypoint.
+
+    \b
+    Example:
+      mixbench jobs list --address http://HEAD:8265
+    """
     server = _connect(address, token_file)
     for job in server.jobs():
         started = datetime.fromtimestamp(job.start_time / 1000).strftime("%Y-%m-%d %H:%M") if job.start_time else "-"
@@ -140,7 +152,12 @@ def list_jobs(address: str, token_file: Path | None) -> None:
 @_connection_options
 @click.argument("job_id")
 def job_status(address: str, token_file: Path | None, job_id: str) -> None:
-    """The job's status and the cluster's message about it."""
+    """The job's status and the cluster's message about it.
+
+    \b
+    Example:
+      mixbench jobs status raysubmit_XXXX --address http://HEAD:8265
+    """
     server = _connect(address, token_file)
     details = server.info(job_id)
     click.echo(f"{details.status}\t{server.redact(' '.join((details.message or '').split()))}")
@@ -151,7 +168,12 @@ def job_status(address: str, token_file: Path | None, job_id: str) -> None:
 @click.option("--follow", is_flag=True, help="Stream until the job ends; exit 0 succeeded, 1 failed, 3 stopped.")
 @click.argument("job_id")
 def job_logs(address: str, token_file: Path | None, follow: bool, job_id: str) -> None:
-    """What the job has printed; with --follow, stream it to the end."""
+    """What the job has printed; with --follow, stream it to the end.
+
+    \b
+    Example:
+      mixbench jobs logs raysubmit_XXXX --follow --address http://HEAD:8265
+    """
     server = _connect(address, token_file)
     if follow:
         _follow_until_done(server, job_id)
@@ -162,7 +184,12 @@ def job_logs(address: str, token_file: Path | None, follow: bool, job_id: str) -
 @_connection_options
 @click.argument("job_id")
 def stop_job(address: str, token_file: Path | None, job_id: str) -> None:
-    """Ask the cluster to stop the job (its status becomes STOPPED)."""
+    """Ask the cluster to stop the job (its status becomes STOPPED).
+
+    \b
+    Example:
+      mixbench jobs stop raysubmit_XXXX --address http://HEAD:8265
+    """
     server = _connect(address, token_file)
     if server.stop(job_id):
         click.echo(f"stop requested for {job_id}")

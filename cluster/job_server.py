@@ -35,20 +35,13 @@ class ClusterLostError(ClusterError):
 
 
 def read_token(token_file: Path | None = None) -> str | None:
-    """The cluster's auth token, looked up as Ray does, with `token_file` first.
+    """The cluster's auth token: `token_file` if given, else `$RAY_AUTH_TOKEN`, else None (a cluster without tokens).
 
-    Order: `token_file`, `$RAY_AUTH_TOKEN`, the file `$RAY_AUTH_TOKEN_PATH`, `~/.ray/auth_token`.
-    Returns None when none of them holds a token (a cluster without token authentication).
+    Never the local Ray session's token (~/.ray/auth_token, or $RAY_AUTH_TOKEN_PATH that Ray's local runtime reads):
+    a token for this machine's runtime must not be sent to another address.
     """
-    if token_file is None and os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return os.environ["RAY_AUTH_TOKEN"].strip()
-    if token_file is None and os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        token_file = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
     if token_file is None:
-        default = Path.home() / ".ray" / "auth_token"
-        token_file = default if default.is_file() else None
-    if token_file is None:
-        return None
+        return os.environ.get("RAY_AUTH_TOKEN", "").strip() or None
     try:
         token = Path(token_file).expanduser().read_text().strip()
     except OSError:
@@ -72,8 +65,14 @@ def check_address(address: str) -> str:
 @contextmanager
 def _address_from_flag_only() -> Iterator[None]:
     # Ray's client replaces the address it is given with $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS; the address the
-    # user typed must win, so both are hidden while the client is built.
-    saved = {name: os.environ.pop(name) for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS") if name in os.environ}
+    # user typed must win, so both are hidden while the client is built. With $RAY_AUTH_MODE=token it would also add
+    # the local session's token (~/.ray/auth_token) when no token was given: hidden too.
+    from ray._raylet import Config
+
+    hidden = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+    saved = {name: os.environ.pop(name) for name in hidden if name in os.environ}
+    # Ray caches the auth mode it read at start-up; read again without RAY_AUTH_MODE (as Ray does when it sets it).
+    Config.initialize("")
     try:
         yield
     finally:
@@ -133,7 +132,7 @@ class JobServer:
         if reply.status_code == 401:
             raise ClusterError(
                 f"the cluster at {address} wants its auth token; pass {{setting}} FILE "
-                "(the token: `ray get-auth-token` on the head) or set RAY_AUTH_TOKEN_PATH", setting="token_file"
+                "(the token: `ray get-auth-token` on the head) or set RAY_AUTH_TOKEN", setting="token_file"
             )
         if reply.status_code == 403:
             raise ClusterError(f"{{setting}}: the cluster at {address} rejects this token; use the one it started "

@@ -30,6 +30,9 @@ WORKING_DIR_EXCLUDES = [
 RESERVED_ENV = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS", "MLFLOW_TRACKING_URI")
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A job's runtime environment is readable by anyone holding the cluster's token (`/api/jobs/`): names that look
+# like they hold a secret are refused; the cluster-side ways are in docs/cluster.md ("Credentials").
+SECRET_ENV_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|KEY|CREDENTIAL|AUTH|PRIVATE", re.IGNORECASE)
 
 # Flags of the submitted `mixbench` command (search, benchmark) that the submission reads or appends.
 TRACKING_URI_FLAG = "--tracking-uri"
@@ -84,6 +87,10 @@ class Submission:
             if name in RESERVED_ENV:
                 raise SettingError(f"{{setting}} {name}: set by the cluster or from the submission's tracking URI; "
                                    "leave it out", setting="env")
+            if SECRET_ENV_NAME.search(name):
+                raise SettingError(f"{{setting}} {name}: looks like a secret, and a job's environment is readable by "
+                                   "anyone with the cluster's token; set it on the cluster instead (a Kubernetes "
+                                   "Secret or the nodes' environment, see docs/cluster.md)", setting="env")
         check_tracking_uri(self.tracking_uri, self.allow_local_tracking)
 
     @property
@@ -123,6 +130,11 @@ class Submission:
 
 def check_tracking_uri(uri: str | None, allow_local: bool = False) -> None:
     """Refuses a tracking store that only one machine can write to, unless `allow_local`."""
+    if uri and "@" in urlparse(uri).netloc:
+        raise TrackingError(
+            f"{{setting}} {_without_credentials(uri)}: holds credentials, which the job's record would show to anyone "
+            "with the cluster's token; give the URL without them and set MLFLOW_TRACKING_USERNAME/PASSWORD on the "
+            "cluster (see docs/cluster.md)", setting="tracking_uri")
     if allow_local:
         return
     if not uri:
@@ -165,6 +177,6 @@ def _has_flag(command: tuple[str, ...], flag: str) -> bool:
 
 def _without_credentials(uri: str) -> str:
     parsed = urlparse(uri)
-    if parsed.password is None:
+    if "@" not in parsed.netloc:
         return uri
-    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":<redacted>@")).geturl()
+    return parsed._replace(netloc="<redacted>@" + parsed.netloc.rpartition("@")[2]).geturl()

@@ -183,7 +183,7 @@ def _scan_bwd_kernel(
 class LaunchConfig:
     """How the kernels tile the work: channels per program (a power of two); one warp per 32 of them.
 
-    32 (one warp) was fastest on an H200 for MixMamba's shapes, forward and backward (benchmarks/scan_bench.py).
+    32 (one warp) was fastest on an H200 for MixMamba's shapes, forward and backward (benchmarks/speed/scan_bench.py).
     """
 
     block_d: int = 32

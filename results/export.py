@@ -4,12 +4,14 @@ run (params, tags, final metrics), and benchmark records read back from that CSV
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from benchmarks.errors import ResultsError
 from benchmarks.tracking.queries import BENCHMARK_KIND, search_all_runs, search_benchmark_runs
+from results.output import write_atomic
 from results.runs import RUN_COLUMNS
 
 if TYPE_CHECKING:
@@ -51,11 +53,11 @@ def export_rows(store: TrackingStore, experiment: str, suite: str) -> list[dict[
 def write_export(rows: list[dict[str, str]], path: Path) -> Path:
     """Write `rows` as CSV: the run columns, then tags.*, params.* and metrics.* columns in name order."""
     names = sorted({name for row in rows for name in row} - set(RUN_COLUMNS))
-    with Path(path).open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*RUN_COLUMNS, *names], restval="", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return Path(path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=[*RUN_COLUMNS, *names], restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_atomic(Path(path), text.getvalue())
 
 
 def _cell(run: Run) -> tuple[str, str, str]:

@@ -1,12 +1,14 @@
 """Figures of a leaderboard: one PNG per dataset, test MSE by horizon, one line per model, error bars over seeds."""
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
 from results.leaderboard import Leaderboard
+from results.output import write_atomic
 
 
 def figure_path(directory: Path, dataset: str) -> Path:
@@ -20,7 +22,7 @@ def write_figures(board: Leaderboard, directory: Path) -> list[Path]:
     Error bars are the sample std over seeds (none for a single seed); missing horizons leave gaps in a line.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)  # the command has checked it up front (results.output)
     paths = []
     for dataset in board.datasets():
         horizons = board.horizons(dataset)
@@ -47,7 +49,7 @@ def write_figures(board: Leaderboard, directory: Path) -> list[Path]:
         axes.grid(alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        path = figure_path(directory, dataset)
-        figure.savefig(path)
-        paths.append(path)
+        image = io.BytesIO()
+        figure.savefig(image, format="png")
+        paths.append(write_atomic(figure_path(directory, dataset), image.getvalue()))
     return paths

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from benchmarks.models.registry import model_label
+from results.output import csv_safe
 from results.runs import BenchmarkRecord
 
 AVG = "Avg"
@@ -191,7 +192,8 @@ def leaderboard_csv(board: Leaderboard) -> str:
     writer.writerow(LEADERBOARD_COLUMNS)
     for row in ordered_rows(board):
         writer.writerow([
-            row.dataset, row.horizon, row.model, row.label, row.config_hash, row.seeds, repr(row.best_val_loss),
+            csv_safe(row.dataset), row.horizon, csv_safe(row.model), csv_safe(row.label), csv_safe(row.config_hash),
+            row.seeds, repr(row.best_val_loss),
             repr(row.mse.mean), "" if row.mse.std is None else repr(row.mse.std),
             repr(row.mae.mean), "" if row.mae.std is None else repr(row.mae.std),
         ])

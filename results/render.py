@@ -6,10 +6,12 @@ Missing cells read "--" in LaTeX and Markdown and are empty in CSV.
 from __future__ import annotations
 
 import csv
+import html
 import io
 
 from benchmarks.errors import SettingError
 from benchmarks.models.registry import model_label
+from results.output import csv_safe
 from results.table import DECIMALS, FIRST, METRICS, SECOND, Cell, ForecastTable, Reference
 
 FORMATS = ("latex", "markdown", "csv")
@@ -67,9 +69,10 @@ def render_csv(table: ForecastTable, show_std: bool = False) -> str:
     """One line per row (dataset, horizon, numbers as displayed) and a final 1st Count line."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["dataset", "horizon", *column_names(table)])
+    writer.writerow([csv_safe(name) for name in ["dataset", "horizon", *column_names(table)]])
     for row in table.rows:
-        writer.writerow([row.dataset, row.horizon, *(text or "" for text, _ in _row_values(table, row, show_std))])
+        writer.writerow([csv_safe(row.dataset), row.horizon,
+                         *(text or "" for text, _ in _row_values(table, row, show_std))])
     writer.writerow([FIRST_COUNT, "", *_first_counts(table)])
     return out.getvalue()
 
@@ -84,20 +87,63 @@ def _markdown_cell(text: str | None, mark: str) -> str:
     return text
 
 
+def markdown_text(text: str) -> str:
+    """Text from runs (dataset names, model labels) safe in a Markdown table: HTML escaped, pipes escaped."""
+    return html.escape(text).replace("|", "\\|")
+
+
 def render_markdown(table: ForecastTable, show_std: bool = False) -> str:
-    """A GitHub Markdown table: best **bold**, second <u>underlined</u>, missing cells "--"."""
+    """A GitHub Markdown table: best **bold**, second <u>underlined</u>, missing cells "--".
+
+    With a reference: one table per metric, each row of ours followed by a `paper` row with the published number
+    and our relative difference, so four or five models stay well under 160 characters wide.
+    """
+    if table.reference_labels:
+        return _render_markdown_reference(table, show_std)
     header = ["Dataset", "Horizon", *column_names(table)]
     lines = [
-        f"Long-term forecasting, suite `{table.suite}`: test MSE/MAE (lower is better); best **bold**, "
-        "second <u>underlined</u>.",
+        f"Long-term forecasting, suite `{markdown_text(table.suite)}`: test MSE/MAE (lower is better); best "
+        "**bold**, second <u>underlined</u>.",
         "",
-        "| " + " | ".join(name.replace("|", "\\|") for name in header) + " |",
+        "| " + " | ".join(markdown_text(name) for name in header) + " |",
         "|" + "---|" * 2 + "---:|" * (len(header) - 2),
     ]
     for row in table.rows:
         cells = [_markdown_cell(text, mark) for text, mark in _row_values(table, row, show_std)]
-        lines.append("| " + " | ".join([row.dataset, str(row.horizon), *cells]) + " |")
+        lines.append("| " + " | ".join([markdown_text(row.dataset), str(row.horizon), *cells]) + " |")
     lines.append("| " + " | ".join([FIRST_COUNT, "", *_first_counts(table)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def reference_text(reference: Reference) -> str | None:
+    """The published number and our difference to it, e.g. `0.165 (+4.2%)`; None when the paper has none."""
+    paper = paper_text(reference)
+    if paper is None:
+        return None
+    difference = difference_text(reference)
+    return paper if difference is None else f"{paper} ({difference})"
+
+
+def _render_markdown_reference(table: ForecastTable, show_std: bool) -> str:
+    lines = [
+        f"Long-term forecasting, suite `{markdown_text(table.suite)}`: test MSE and MAE (lower is better); best "
+        "**bold**,",
+        "second <u>underlined</u>. Under each row: the MixMamba paper's published number and (ours - paper) / paper.",
+    ]
+    for metric in METRICS:
+        lines += ["", f"**{metric.upper()}**", "",
+                  "| " + " | ".join(["Dataset", "Horizon", *(markdown_text(label) for label in table.labels)]) + " |",
+                  "|---|---|" + "---:|" * len(table.labels)]
+        for row in table.rows:
+            cells = [_markdown_cell(number_text(row.cells[(label, metric)], show_std),
+                                    row.cells[(label, metric)].mark) for label in table.labels]
+            lines.append("| " + " | ".join([markdown_text(row.dataset), str(row.horizon), *cells]) + " |")
+            papers = [reference_text(row.references[(label, metric)]) if label in table.reference_labels else None
+                      for label in table.labels]
+            lines.append("| | paper | " + " | ".join(f"<sub>{text}</sub>" if text else "" for text in papers)
+                         + " |")
+        counts = [str(table.first_count[(label, metric)]) for label in table.labels]
+        lines.append("| " + " | ".join([FIRST_COUNT, "", *counts]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -124,7 +170,13 @@ def _latex_cell(text: str | None, mark: str) -> str:
 
 
 def render_latex(table: ForecastTable, show_std: bool = False) -> str:
-    """A complete pdflatex document holding the table (booktabs; datasets as multirow groups)."""
+    """A complete pdflatex document holding the table (booktabs; datasets as multirow groups).
+
+    With a reference: an A4/letter landscape page, ours in 9 pt and under each row the published number with our
+    relative difference in 8 pt; never scaled down.
+    """
+    if table.reference_labels:
+        return _render_latex_reference(table, show_std)
     n_ours = 2 * len(table.labels)
     n_numbers = n_ours + 4 * len(table.reference_labels)
     lines = [
@@ -171,6 +223,53 @@ def render_latex(table: ForecastTable, show_std: bool = False) -> str:
     lines.append(r"\bottomrule")
     lines.append(r"\end{tabular}" + ("}" if n_numbers > LATEX_SCALE_ABOVE else ""))
     lines += [r"\end{table}", r"\end{document}"]
+    return "\n".join(lines) + "\n"
+
+
+def _render_latex_reference(table: ForecastTable, show_std: bool) -> str:
+    n_numbers = 2 * len(table.labels)
+    lines = [
+        r"\documentclass{article}",
+        # 24.9 cm of text: inside A4 (29.7 cm) and letter (27.9 cm) landscape.
+        r"\usepackage[a4paper,landscape,hmargin=2.4cm,vmargin=1.5cm]{geometry}",
+        r"\usepackage{booktabs}",
+        r"% multirow ships with texlive-latex-extra; without it each dataset name stands in its group's first row.",
+        r"\IfFileExists{multirow.sty}{\usepackage{multirow}}{\newcommand{\multirow}[3]{##3}}",
+        r"\pagestyle{empty}",
+        r"\begin{document}",
+        r"\begin{table}[ht]",
+        r"\centering",
+        r"\small",
+        r"\setlength{\tabcolsep}{4pt}",
+        r"\caption{Long-term forecasting, suite \texttt{" + latex_escape(table.suite) + "}: test MSE and MAE"
+        + (r" (mean $\pm$ sample std over seeds)" if show_std else " (mean over seeds)")
+        + r". Lower is better; best in \textbf{bold}, second \underline{underlined}. Under each row, in smaller "
+        r"type: the MixMamba paper's published number and (ours $-$ paper) / paper.}",
+        r"\begin{tabular}{ll" + "r" * n_numbers + "}",
+        r"\toprule",
+        r"\multicolumn{2}{c}{Models} & "
+        + " & ".join(rf"\multicolumn{{2}}{{c}}{{{latex_escape(label)}}}" for label in table.labels) + r" \\",
+        " ".join(rf"\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(table.labels))),
+        r"\multicolumn{2}{c}{Metric} & " + " & ".join(["MSE & MAE"] * len(table.labels)) + r" \\",
+    ]
+    for dataset in dict.fromkeys(row.dataset for row in table.rows):
+        group = [row for row in table.rows if row.dataset == dataset]
+        lines.append(r"\midrule")
+        for index, row in enumerate(group):
+            name = rf"\multirow{{{2 * len(group)}}}{{*}}{{{latex_escape(dataset)}}}" if index == 0 else ""
+            cells = [_latex_cell(number_text(row.cells[(label, metric)], show_std, r"$\pm$"),
+                                 row.cells[(label, metric)].mark)
+                     for label in table.labels for metric in METRICS]
+            lines.append(" & ".join([name, str(row.horizon), *cells]) + r" \\")
+            papers = [reference_text(row.references[(label, metric)]) if label in table.reference_labels else None
+                      for label in table.labels for metric in METRICS]
+            smaller = [r"\footnotesize " + text.replace("%", r"\%") if text else "" for text in papers]
+            lines.append(" & ".join(["", r"\footnotesize paper", *smaller]) + r" \\[2pt]")
+    lines.append(r"\midrule")
+    lines.append(rf"\multicolumn{{2}}{{c}}{{{FIRST_COUNT}}} & "
+                 + " & ".join(str(table.first_count[(label, metric)]) for label in table.labels for metric in METRICS)
+                 + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", r"\end{document}"]
     return "\n".join(lines) + "\n"
 
 

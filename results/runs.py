@@ -5,6 +5,7 @@ A run is complete when its status is FINISHED and `test_mse` is logged (docs/arc
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
@@ -38,23 +39,39 @@ class BenchmarkRecord:
     suite: str = ""
     run_id: str = ""
     start_time: int = 0  # ms since the epoch, as MLflow stores it
+    test_complete: bool = True  # False: the test pass was capped (train.limit_eval_batches), a smoke number
+
+
+# The label suffix of a capped-test run's column when a table is asked to include such runs.
+CAPPED_LABEL = " [capped test]"
+
+
+def test_was_complete(tags: Mapping[str, str], params: Mapping[str, str]) -> bool:
+    """The run's `test_complete` tag; runs logged before that tag existed count as capped when they had a
+    train.limit_eval_batches (the cap may have covered the split, but nothing says so)."""
+    if "test_complete" in tags:
+        return tags["test_complete"] == "true"
+    return params.get("train.limit_eval_batches", "None") in ("", "None")
 
 
 def record_from_run(run: Run) -> BenchmarkRecord | None:
     """The run as a record, or None when it is not complete (no `test_mse`)."""
-    return record_from(run.data.tags, run.data.metrics, run.info.run_id, int(run.info.start_time or 0))
+    return record_from(run.data.tags, run.data.metrics, run.info.run_id, int(run.info.start_time or 0),
+                       run.data.params)
 
 
-def record_from(tags: Mapping[str, str], metrics: Mapping[str, float], run_id: str, start_time: int
-                ) -> BenchmarkRecord | None:
-    """A benchmark run's tags and final metrics as a record, or None without `test_mse` (KeyError if a tag is
-    missing)."""
+def record_from(tags: Mapping[str, str], metrics: Mapping[str, float], run_id: str, start_time: int,
+                params: Mapping[str, str] | None = None) -> BenchmarkRecord | None:
+    """A benchmark run's tags, final metrics and params as a record, or None without `test_mse` (KeyError if a tag
+    is missing). A capped test keeps its record (test_complete False, CAPPED_LABEL on its label)."""
     if "test_mse" not in metrics:
         return None
+    complete = test_was_complete(tags, params or {})
+    label = tags.get("display_name") or model_label(tags["model"])
     return BenchmarkRecord(
         dataset=tags["dataset"],
         model=tags["model"],
-        label=tags.get("display_name") or model_label(tags["model"]),
+        label=label if complete else label + CAPPED_LABEL,
         pred_len=int(tags["pred_len"]),
         seed=int(tags["seed"]),
         config_hash=tags["config_hash"],
@@ -64,6 +81,7 @@ def record_from(tags: Mapping[str, str], metrics: Mapping[str, float], run_id: s
         suite=tags.get("suite", ""),
         run_id=run_id,
         start_time=start_time,
+        test_complete=complete,
     )
 
 
@@ -136,6 +154,11 @@ def records_from_export(path: Path) -> list[BenchmarkRecord]:
         if reader.fieldnames is None or not set(RUN_COLUMNS) <= set(reader.fieldnames):
             raise ResultsError(f"{{setting}} {path} is not a `mixbench export` CSV (its header lacks "
                                f"{', '.join(RUN_COLUMNS)})", setting="runs")
+        unknown = [name for name in reader.fieldnames
+                   if name not in RUN_COLUMNS and not name.startswith(("tags.", "params.", "metrics."))]
+        if unknown:
+            raise ResultsError(f"{{setting}} {path}: unknown column(s) {', '.join(unknown[:3])}; a `mixbench export` "
+                               "CSV has the run columns, then tags.*, params.* and metrics.*", setting="runs")
         records = []
         for line, row in enumerate(reader, start=2):
             if row.get("tags.mixbench.kind") != BENCHMARK_KIND or row["status"] != "FINISHED":
@@ -144,10 +167,18 @@ def records_from_export(path: Path) -> list[BenchmarkRecord]:
             try:
                 metrics = {key[len("metrics."):]: float(value) for key, value in row.items()
                            if key.startswith("metrics.") and value}
-                record = record_from(tags, metrics, row["run_id"], int(row["start_time"] or 0))
+                params = {key[len("params."):]: value for key, value in row.items() if key.startswith("params.")}
+                record = record_from(tags, metrics, row["run_id"], int(row["start_time"] or 0), params)
             except (KeyError, ValueError) as error:
                 raise ResultsError(f"{{setting}} {path} line {line}: bad or missing value ({error}); re-export it",
                                    setting="runs") from None
-            if record is not None:
-                records.append(record)
+            if record is None:
+                continue
+            bad = [name for name in ("test_mse", "test_mae", "best_val_loss")
+                   if not (math.isfinite(getattr(record, name)) and getattr(record, name) >= 0)]
+            if bad:
+                raise ResultsError(f"{{setting}} {path} line {line}: {bad[0]} is {getattr(record, bad[0])}, not a "
+                                   "finite non-negative number; a finished run never logs that, re-export it",
+                                   setting="runs")
+            records.append(record)
     return records

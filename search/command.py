@@ -61,6 +61,8 @@ def _seq_len_choices(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--tracking-uri", default=None, help="MLflow store. [default: $MLFLOW_TRACKING_URI, else ./mlflow.db]")
 @click.option("--experiment", default="mixbench", show_default=True, help="MLflow experiment.")
 @click.option("--data-dir", default=None, help="Dataset folder. [default: $MIXBENCH_DATA_DIR, else ./dataset]")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check the dataset file against the registry's sha256 (--no-verify trains on a modified copy).")
 @click.option("--limit-train-batches", type=int, default=None,
               help=f"Training batches per epoch, 0 = all. [default: {CPU_LIMIT_TRAIN_BATCHES} without GPUs, else all]")
 @click.option("--limit-eval-batches", type=int, default=None,
@@ -75,12 +77,14 @@ def search(**options: object) -> None:
     8 trials x 3 epochs, 2 trials at once on 1 CPU each, 20 training / 10 evaluation batches
     per epoch without GPUs, and a 540 s time budget. MLflow gets one parent run (search) and
     one child run per trial; the best config is written as YAML for `mixbench benchmark --configs`.
+    A test capped by --limit-eval-batches is starred in the summary and tagged test_complete=false.
 
     \b
     Examples:
       mixbench search --dataset weather
       mixbench search --dataset ETTh1 --model patchtst --trials 40 --epochs 10 --gpus-per-trial 0.25
       mixbench search --dataset weather --resume          # after Ctrl+C or a crash
+      mixbench search --dataset weather --search-seq-len 96,192,336 --refit-seeds 3
     """
     # Imported here: Ray, Optuna, MLflow and torch take 3 s to import, which `mixbench search --help` need not wait for.
     from benchmarks.tracking.store import quiet_run_urls
@@ -102,6 +106,9 @@ def search(**options: object) -> None:
                                    f"trials' runs (tag `error`) in MLflow")
     click.echo(f"best: trial {outcome.best_trial_id}, val_loss_best {outcome.best_value:.6g}; config written to "
                f"{outcome.best_config_path}")
+    click.echo(f"next: mixbench benchmark --datasets {config.dataset} --models {config.model} --horizons "
+               f"{config.pred_len} --configs {outcome.best_config_path} --suite searched   # 3 seeds, full epochs\n"
+               f"      mixbench ui   # the search's runs in MLflow")
     if outcome.refit is not None:
         stats = outcome.refit
         click.echo(f"refit over seeds {', '.join(map(str, stats.seeds))}: test MSE {stats.test_mse_mean:.4f} +- "

@@ -49,6 +49,7 @@ class SearchConfig:
     tracking_uri: str | None = None
     experiment: str = "mixbench"
     data_dir: str | None = None
+    verify: bool = True
     limit_train_batches: int | None = None
     limit_eval_batches: int | None = None
     storage_path: str | None = None

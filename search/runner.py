@@ -29,6 +29,8 @@ from benchmarks.tracking.writer import protocol_tag
 from benchmarks.worker_share import WorkerShare
 from search import summary as found
 from search.config import DEFAULT_SEQ_LEN, SearchConfig, check_config, default_name, resolve_resources
+from benchmarks.tracking.credentials import move_credentials_to_env
+from search.folder_trust import DigestKeeper, check_before_restore, record_digests
 from search.parent_run import ParentRun
 from search.progress import ProgressLine
 from search.refit import refit, refit_seeds
@@ -65,8 +67,10 @@ def run_search(config: SearchConfig) -> SearchOutcome:
     search can be resumed), a live status line, then the top trials, the best-config path and refit results.
     """
     check_config(config)
+    # Stored (state file, Tune's pickles) without user-info; the credentials travel in the environment only.
+    config = dataclasses.replace(config, tracking_uri=move_credentials_to_env(config.tracking_uri))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    data = resolve_dataset(config.dataset, config.data_dir)
+    data = resolve_dataset(config.dataset, config.data_dir, verify=config.verify)
     model_classes(config.model)
     name = config.name or default_name(data.name, config.model, config.pred_len, config.seed)
     storage = Path(config.storage_path or "ray_results").expanduser().resolve()
@@ -77,6 +81,7 @@ def run_search(config: SearchConfig) -> SearchOutcome:
         if not state_path.is_file():
             raise SettingError(f"{{setting}}: no search to resume at {experiment_dir}; start it without resume, or "
                                "pass the name / storage path it was started with", setting="resume")
+        check_before_restore(experiment_dir, plain=(STATE_FILE,))
         saved = json.loads(state_path.read_text())
         config = _resumed_config(config, saved["config"])
     elif experiment_dir.exists():
@@ -181,7 +186,8 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[TrialLogger(tracking, space, trials_log_themselves),
-                       ProgressLine(name, config.trials, config.time_budget_s or None)],
+                       ProgressLine(name, config.trials, config.time_budget_s or None),
+                       DigestKeeper(str(experiment_dir))],
         )
         sampler_startup = min(10, max(3, config.trials // 3))
         searcher = OptunaSearch(space=bound, metric=SEARCH_METRIC, mode="min",
@@ -199,7 +205,11 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
                                         trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id)),
             run_config=run_config,
         )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        # Also after Ctrl+C or a failure: the next --resume checks the folder against this record.
+        record_digests(experiment_dir)
     return _finish(config, name, experiment_dir, setup, bound, parent, tracking, trials_log_themselves)
 
 
@@ -284,7 +294,10 @@ def _finish(config: SearchConfig, name: str, experiment_dir: Path, setup: TrialS
     best_metrics.update({f"best_{metric}": best.metrics[metric] for metric in ("test_mse", "test_mae")
                          if metric in best.metrics})
     parent.log_metrics(best_metrics)
-    parent.set_tags({"best_trial_id": best.trial_id})
+    # On a CPU the trials test on limit_eval_batches batches (a full MixMamba test of weather takes longer than the
+    # whole search there); the tags say so, and the summary stars such numbers.
+    parent.set_tags({"best_trial_id": best.trial_id, **found.best_test_tags(
+        int(best.metrics.get("test_windows", 0)), int(best.metrics.get("test_windows_total", 0)))})
     parent.log_artifact(outcome.best_config_path)
 
     if config.refit_seeds:

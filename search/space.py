@@ -24,7 +24,7 @@ import yaml
 
 from benchmarks.errors import SettingError, SpaceError
 from benchmarks.experiment import Experiment
-from benchmarks.models.registry import model_classes
+from benchmarks.models.registry import model_classes, model_plugin
 from benchmarks.training.config import TrainConfig
 
 SPACES_DIR = Path(__file__).with_name("spaces")
@@ -208,8 +208,18 @@ class BoundSpace:
 
 
 def default_space_path(model: str) -> Path:
-    """The shipped space file of `model` (search/spaces/<model>.yaml)."""
-    return SPACES_DIR / f"{model}.yaml"
+    """The space file of `model` when none is given: its plugin's own `space`, else search/spaces/<model>.yaml.
+
+    A model with neither (a plugin that ships no space) raises SpaceError asking for one.
+    """
+    plugin = model_plugin(model)
+    if plugin.space is not None:
+        return Path(plugin.space)
+    shipped = SPACES_DIR / f"{model}.yaml"
+    if not shipped.is_file():
+        raise SpaceError(f"model {model!r} ships no search space; write one (sections model: and train:, like "
+                         f"{SPACES_DIR / 'dlinear.yaml'}) and pass it as {{setting}} FILE", setting="space")
+    return shipped
 
 
 def load_space(path: str | Path, model: str) -> SearchSpace:

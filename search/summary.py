@@ -16,6 +16,8 @@ from optuna.visualization import matplotlib as optuna_plots
 
 from benchmarks.experiment import Experiment
 from benchmarks.models.registry import PROTOCOL_FIELDS
+from benchmarks.tracking.writer import coverage_tags
+from benchmarks.training.callbacks import is_test_complete
 from search.progress import trial_state
 from search.space import ProposedConfig, SearchSpace
 from search.trial import SEARCH_METRIC
@@ -66,17 +68,33 @@ def ranked(summaries: list[TrialSummary]) -> list[TrialSummary]:
 
 
 def top_table(summaries: list[TrialSummary], limit: int = 10) -> str:
-    """A fixed-width table of the best `limit` trials: metrics, then the proposed settings."""
+    """A fixed-width table of the best `limit` trials: metrics, then the proposed settings. A test capped by
+    limit_eval_batches is starred and explained under the table."""
     rows = ranked(summaries)[:limit]
-    header = f"{'rank':>4}  {'trial':<12} {'state':<9} {'epochs':>6} {SEARCH_METRIC:>13} {'test_mse':>9} {'test_mae':>9}  config"
+    header = (f"{'rank':>4}  {'trial':<12} {'state':<9} {'epochs':>6} {SEARCH_METRIC:>13} {'test_mse':>10} "
+              f"{'test_mae':>10}  config")
     lines = [header]
+    capped: set[str] = set()
     for rank, summary in enumerate(rows, start=1):
-        metrics = summary.metrics
-        test = [f"{metrics[name]:9.4f}" if name in metrics else f"{'-':>9}" for name in ("test_mse", "test_mae")]
+        metrics = dict(summary.metrics)
+        star = " "
+        if "test_mse" in metrics and not is_test_complete(int(metrics.get("test_windows", 0)),
+                                                            int(metrics.get("test_windows_total", 1))):
+            star = "*"
+            capped.add(f"{int(metrics['test_windows'])} of {int(metrics['test_windows_total'])}")
+        test = [f"{metrics[name]:9.4f}{star}" if name in metrics else f"{'-':>10}" for name in ("test_mse", "test_mae")]
         config = " ".join(f"{key.split('.')[-1]}={_short(value)}" for key, value in summary.proposed.flat().items())
         lines.append(f"{rank:>4}  {summary.trial_id:<12} {summary.state:<9} {int(metrics.get('epoch', 0)):>6} "
                      f"{summary.value:13.4f} {test[0]} {test[1]}  {config}")
+    if capped:
+        lines.append(f"* test on {', '.join(sorted(capped))} test windows only (--limit-eval-batches, the CPU "
+                     "default): a smoke number, not a result; the benchmark command below tests every window")
     return "\n".join(lines)
+
+
+def best_test_tags(windows: int, total: int) -> dict[str, str]:
+    """The parent run's tags saying how many test windows its best_test_* metrics cover."""
+    return {f"best_{key}": value for key, value in coverage_tags(windows, total).items()}
 
 
 def _short(value: Any) -> str:

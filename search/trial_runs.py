@@ -12,7 +12,7 @@ from mlflow.entities import Metric, Run
 
 from benchmarks.experiment import Experiment
 from benchmarks.tracking.store import TrackingStore
-from benchmarks.tracking.writer import RunWriter
+from benchmarks.tracking.writer import RunWriter, coverage_tags
 from benchmarks.training.callbacks import FINAL_METRICS, EpochReport, ExperimentResult, TrainingCallback
 
 TRIAL_KIND = "trial"
@@ -53,10 +53,11 @@ class LiveTrialRun:
         self.logged_epochs.add(epoch)
 
     def finish(self, final: dict[str, Any], artifact_dir: Path | None) -> None:
-        """Log the final metrics and the artifact folder, then mark the run FINISHED."""
+        """Log the final metrics, how many test windows they cover, and the artifact folder; mark the run FINISHED."""
         now = int(time.time() * 1000)
         client = self.writer.client
         client.log_batch(self.run_id, metrics=[Metric(name, float(final[name]), now, 0) for name in FINAL_METRICS])
+        self.writer.set_tags(coverage_tags(int(final["test_windows"]), int(final["test_windows_total"])))
         if artifact_dir is not None and Path(artifact_dir).is_dir():
             client.log_artifacts(self.run_id, str(artifact_dir))
         end_run(self.writer, "finished")
@@ -76,7 +77,8 @@ class TrialRunCallback(TrainingCallback):
         self.live.log_epoch(report.row())
 
     def on_end(self, result: ExperimentResult) -> None:
-        self.live.finish(result.final_metrics(), result.artifact_dir)
+        self.live.finish({**result.final_metrics(), "test_windows": result.test_windows,
+                          "test_windows_total": result.test_windows_total}, result.artifact_dir)
 
 
 class TrialRuns:

@@ -1,4 +1,4 @@
-"""`mixbench data`: list, download and inspect the benchmark datasets; and the shared `--data-dir` option."""
+"""`mixbench data`: list, download, inspect and add datasets (your own CSVs too); and the shared `--data-dir` option."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -7,8 +7,24 @@ from typing import TypeVar
 
 import click
 
-from benchmarks.data.files import HF_REPO_URL, download_file, file_status, resolve_data_dir, resolve_dataset
-from benchmarks.data.registry import DATASETS, SPLIT_RULE_LABELS, get_dataset
+from benchmarks.data.files import (
+    HF_REPO_URL,
+    download_file,
+    file_status,
+    own_spec,
+    read_own_csv,
+    resolve_data_dir,
+    resolve_dataset,
+)
+from benchmarks.data.registry import (
+    add_user_dataset,
+    all_datasets,
+    get_dataset,
+    parse_split_rule,
+    remove_user_dataset,
+    split_rule_label,
+    user_registry_path,
+)
 from benchmarks.errors import DataError
 
 Command = TypeVar("Command", bound=Callable)
@@ -25,28 +41,29 @@ def data_dir_option(command: Command) -> Command:
 
 @click.group()
 def data() -> None:
-    """List, download and inspect the benchmark datasets.
+    """List, download and inspect the benchmark datasets, and add your own CSVs.
 
     \b
     Example:
       mixbench data info weather --seq-len 96 --pred-len 96
+      mixbench data add sales ./sales.csv --target units --split 60/20/20
     """
 
 
 @data.command(name="list")
 @data_dir_option
 def list_datasets(data_dir: Path | None) -> None:
-    """List the registered datasets and whether each file is present and matches its sha256.
+    """List the registered datasets (built in, then your own) and whether each file is present and matches its sha256.
 
     \b
     Example:
       mixbench data list --data-dir ./dataset
     """
     root = resolve_data_dir(data_dir)
-    click.echo(f"data dir: {root.resolve()}")
+    click.echo(f"data dir: {root.resolve()}; own datasets: {user_registry_path()}")
     header = f"{'name':<14} {'channels':>8} {'rows':>8}  {'frequency':<9}  {'split':<17}  {'present':<7}  verified"
     click.echo(header)
-    for spec in DATASETS.values():
+    for spec in all_datasets().values():
         status = file_status(spec, root)
         if not status.present:
             verified = "-"
@@ -55,7 +72,8 @@ def list_datasets(data_dir: Path | None) -> None:
         else:
             verified = "yes" if status.verified else "NO: sha256 differs"
         click.echo(f"{spec.name:<14} {spec.n_channels:>8,} {spec.n_rows:>8,}  {spec.frequency:<9}  "
-                   f"{SPLIT_RULE_LABELS[spec.split_rule]:<17}  {'yes' if status.present else 'no':<7}  {verified}")
+                   f"{split_rule_label(spec.split_rule):<17}  {'yes' if status.present else 'no':<7}  {verified}"
+                   f"{f'  (own: {status.path})' if spec.is_own else ''}")
 
 
 @data.command()
@@ -71,6 +89,9 @@ def download(datasets: tuple[str, ...], force: bool, data_dir: Path | None) -> N
     """
     # Files that may be missing or modified are the point here, so each is probed rather than resolved.
     specs = [get_dataset(name) for name in datasets]
+    own = [spec.name for spec in specs if spec.is_own]
+    if own:
+        raise DataError(f"{own[0]} is your own dataset (added with `mixbench data add`); there is nothing to download")
     for spec in specs:
         status = file_status(spec, data_dir)
         if status.present and not force:
@@ -91,13 +112,16 @@ def download(datasets: tuple[str, ...], force: bool, data_dir: Path | None) -> N
 @click.option("--pred-len", type=int, default=96, show_default=True, help="Forecast rows per window.")
 @click.option("--features", type=click.Choice(["M", "S", "MS"], case_sensitive=False), default="M",
               show_default=True, help="M: all channels to all; S: target to target; MS: all channels to target.")
-@click.option("--target", default="OT", show_default=True, help="Target column for S and MS.")
+@click.option("--target", default=None,
+              help="Target column for S and MS (default: the dataset's, OT for the TSLib files).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Check the file's sha256 against the registry; --no-verify accepts a modified copy.")
 @data_dir_option
 def info(dataset: str, seq_len: int, pred_len: int, features: str, target: str, verify: bool,
          data_dir: Path | None) -> None:
     """Show a dataset's file, channels and the rows and windows of each split under the TSLib protocol.
+
+    DATASET is a registered name or the path of a CSV.
 
     \b
     Example:
@@ -109,16 +133,19 @@ def info(dataset: str, seq_len: int, pred_len: int, features: str, target: str, 
     protocol = DataProtocol(seq_len=seq_len, pred_len=pred_len, features=features, target=target)
     file = resolve_dataset(dataset, data_dir, verify=verify)
     forecast_data = load_forecast_data(file, protocol)
+    protocol = forecast_data.protocol  # own data may name its own target in place of TSLib's OT
     spec = file.spec
-    if spec.sha256 is None:
-        check = "no reference hash"
+    if spec.is_own:
+        check = "as added" if spec.source == "user" else "read directly"
+    elif spec.sha256 is None:
+        check = "no reference hash; rows and channels match the registry" if verify else "no reference hash"
     else:
         check = "verified" if file.sha256 == spec.sha256 else "DIFFERS from the registry"
     click.echo(f"{spec.name}: {spec.description}")
     click.echo(f"file      {file.path}")
     click.echo(f"sha256    {file.sha256} ({check})")
     click.echo(f"protocol  features {protocol.features}, target {protocol.target}, seq_len {protocol.seq_len:,}, "
-               f"pred_len {protocol.pred_len:,}, {SPLIT_RULE_LABELS[spec.split_rule]} split")
+               f"pred_len {protocol.pred_len:,}, {split_rule_label(spec.split_rule)} split")
     click.echo(f"channels  {forecast_data.n_channels:,} in, {forecast_data.n_targets:,} out, "
                f"{forecast_data.n_time_features} time features (freq {protocol.freq})")
     click.echo(f"{'split':<6} {'rows':>10} {'windows':>10}  file rows")
@@ -126,3 +153,52 @@ def info(dataset: str, seq_len: int, pred_len: int, features: str, target: str, 
         last_row = split.first_row + split.num_rows
         click.echo(f"{split_name:<6} {split.num_rows:>10,} {split.num_windows:>10,}  "
                    f"[{split.first_row:,}, {last_row:,})")
+
+
+@data.command()
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", default=None,
+              help="The column S and MS forecast and M puts last. Default: OT if the file has it, else the last "
+                   "column.")
+@click.option("--frequency", default=None,
+              help="Sampling interval as a pandas alias (h, 15min, D); recorded for listings. Default: from the dates.")
+@click.option("--split", "split", default="70/10/20", show_default=True,
+              help="Train/val/test rule: percentages such as 70/10/20 (TSLib's Dataset_Custom) or 0.6,0.2,0.2, or "
+                   "ett-hour / ett-minute (TSLib's 12/4/4 months of hourly / 15-minute rows).")
+@click.option("--description", default="", help="One line shown by `mixbench data info`.")
+@click.option("--force", is_flag=True, help="Replace a dataset you added before under the same name.")
+def add(name: str, file: Path, target: str | None, frequency: str | None, split: str, description: str,
+        force: bool) -> None:
+    """Register your own CSV as dataset NAME for every command (train, search, benchmark, tables).
+
+    The file needs a `date` column of non-decreasing timestamps and numeric columns without gaps, as the built-in
+    data. Its path, sha256, rows, channels, target and split rule go to the user registry ($MIXBENCH_HOME/datasets.yaml,
+    else ~/.config/mixbench/datasets.yaml); a later change to the file is refused until it is added again.
+
+    \b
+    Example:
+      mixbench data add sales ./sales.csv --target units --split 60/20/20
+      mixbench train --model dlinear --dataset sales --pred-len 24 --seq-len 96
+    """
+    rule = parse_split_rule(split)
+    parsed, sha256 = read_own_csv(file)
+    spec = own_spec(name, file, parsed, sha256, split_rule=rule, target=target, frequency=frequency,
+                    description=description)
+    registry = add_user_dataset(spec, force=force)
+    click.echo(f"added {spec.name}: {spec.path} ({spec.n_rows:,} rows, {spec.n_channels} channels, target "
+               f"{spec.target}, frequency {spec.frequency}, {split_rule_label(rule)} split, sha256 "
+               f"{sha256[:12]}...) to {registry}")
+
+
+@data.command()
+@click.argument("name")
+def remove(name: str) -> None:
+    """Forget a dataset you added (its file is left where it is).
+
+    \b
+    Example:
+      mixbench data remove sales
+    """
+    spec = remove_user_dataset(name)
+    click.echo(f"removed {spec.name} ({spec.path}) from {user_registry_path()}")

@@ -1,12 +1,14 @@
 """Parsing and validating a Time-Series-Library CSV, and the on-disk cache of parsed files keyed by their sha256.
 
 The cache lives in $MIXBENCH_CACHE_DIR, else $XDG_CACHE_HOME/mixbench, else ~/.cache/mixbench: never in the data
-dir, which may be read-only or shared. Every write goes to a temporary file that replaces the target atomically.
+dir, which may be read-only or shared. Every write goes to a temporary file that replaces the target atomically;
+an entry is checked again on load (shape, finite values, dates in order) like the CSV it came from.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from benchmarks.errors import DataError
 
 # Bump when the cached layout or the validation rules change, so that old entries are ignored.
 CACHE_FORMAT = 1
+# A temporary file older than this is left from an interrupted write (a live write takes well under a minute).
+STALE_TMP_S = 3600.0
 _MAX_LISTED_COLUMNS = 8
 
 
@@ -66,6 +70,7 @@ def load_csv(path: Path, sha256: str) -> ParsedCSV:
     A missing or unreadable cache entry is rebuilt; a cache that cannot be written only costs a warning.
     """
     entry = cache_dir() / "csv" / f"{sha256}-v{CACHE_FORMAT}.npz"
+    _remove_stale_tmp(entry.parent)
     cached = _read_entry(entry)
     if cached is not None:
         return cached
@@ -90,9 +95,25 @@ def _read_entry(entry: Path) -> ParsedCSV | None:
             values = archive["values"]
     except Exception:  # any damage (truncation, garbage, a foreign file) means: parse the CSV again
         return None
-    if values.dtype != np.float64 or values.shape != (len(dates), len(columns)) or not columns:
+    if values.dtype != np.float64 or values.shape != (len(dates), len(columns)) or not columns or not len(dates):
+        return None
+    # The same checks as a freshly parsed CSV: a damaged or planted entry is parsed again, never trusted.
+    if not np.isfinite(values).all() or (np.diff(dates.astype(np.int64)) < 0).any() or np.isnat(dates).any():
         return None
     return ParsedCSV(columns=columns, dates=dates, values=values)
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """Delete temporary files that interrupted writes (a killed process) left behind."""
+    if not folder.is_dir():
+        return
+    now = time.time()
+    for leftover in folder.glob(".*.tmp"):
+        try:
+            if now - leftover.stat().st_mtime > STALE_TMP_S:
+                leftover.unlink()
+        except OSError:  # removed by another process meanwhile, or not ours to remove
+            continue
 
 
 def parse_csv(path: Path) -> ParsedCSV:

@@ -1,5 +1,6 @@
-"""Dataset files on disk: the data dir, `resolve_dataset` (a name to its checked file, hashed once per process) and
-downloads from the Time-Series-Library Hugging Face repo, moved into place only once their sha256 matches.
+"""Dataset files on disk: the data dir, `resolve_dataset` (a name or a CSV path to its checked file, hashed once per
+process), the shape of own and unhashed files, and downloads from the Time-Series-Library Hugging Face repo, moved
+into place only once their sha256 matches.
 """
 from __future__ import annotations
 
@@ -8,12 +9,21 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.data.csvcache import cache_dir, write_atomically
-from benchmarks.data.registry import DatasetSpec, get_dataset
+import numpy as np
+
+from benchmarks.data.csvcache import ParsedCSV, cache_dir, load_csv, write_atomically
+from benchmarks.data.registry import (
+    DEFAULT_SPLIT_RULE,
+    DatasetSpec,
+    all_datasets,
+    get_dataset,
+    split_rule_label,
+)
 from benchmarks.errors import DataError
 
 HF_REPO_ID = "thuml/Time-Series-Library"
@@ -22,13 +32,15 @@ DEFAULT_DATA_DIR = Path("dataset")
 
 _log = logging.getLogger(__name__)
 _hash_memo: dict[tuple[str, int, int], str] = {}
+_shape_memo: dict[str, tuple[int, int]] = {}
 
 
 @dataclass(frozen=True)
 class DatasetFile:
-    """A registered dataset's CSV, found and checked once: registry entry, absolute path and sha256."""
+    """A dataset's CSV, found and checked once: registry entry, absolute path and sha256."""
 
-    spec: DatasetSpec    # the registry entry; spec.name is the canonical spelling, e.g. "ETTh1"
+    spec: DatasetSpec    # the registry entry (or, for `--dataset FILE.csv`, one made from the file); spec.name is the
+                         # canonical spelling, e.g. "ETTh1", and the `dataset` tag of every run
     path: Path           # absolute
     sha256: str          # of the file at `path`
 
@@ -61,19 +73,33 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def dataset_path(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> Path:
-    """Where `spec`'s file lies in the data dir (TSLib layout), present or not."""
+    """Where `spec`'s file lies: in the data dir (TSLib layout) for a built-in dataset, its own path for own data."""
+    if spec.is_own:
+        return Path(spec.path)
     return resolve_data_dir(data_dir) / spec.path
+
+
+def is_csv_path(name: str) -> bool:
+    """Whether a `--dataset` value names a file rather than a registered dataset."""
+    return str(name).lower().endswith(".csv") or os.sep in str(name) or "/" in str(name)
 
 
 def resolve_dataset(name: str, data_dir: str | os.PathLike | None = None, *, download: bool = True,
                     verify: bool = True) -> DatasetFile:
-    """The registered dataset `name` (any case) as its checked file in the data dir.
+    """The dataset `name` (a registered name in any case, or the path of a CSV) as its checked file.
 
-    A missing file is downloaded unless `download=False`; `verify=False` accepts a file whose sha256 differs from
-    the registry's (a modified or custom copy). The hash is computed at most once per file and process.
+    A missing built-in file is downloaded unless `download=False`; `verify=False` accepts a file whose sha256 differs
+    from the registry's (a modified or custom copy). A registered file without a reference hash must have the
+    registry's rows and channels. A CSV path is read with the 70/10/20 split, which is said once on stderr. The hash
+    is computed at most once per file and process.
     """
+    if is_csv_path(name):
+        return _direct_file(Path(name).expanduser())
     spec = get_dataset(name)
     path = dataset_path(spec, data_dir).resolve()
+    if spec.is_own and not path.is_file():
+        raise DataError(f"{spec.name} was added from {path}, which is gone; put the file back or add it again with "
+                        f"`mixbench data add {spec.name} FILE.csv --force`", setting="dataset")
     if not path.is_file():
         if not download:
             raise DataError(f"{path} is missing; run `mixbench data download {spec.name}`, place "
@@ -81,10 +107,98 @@ def resolve_dataset(name: str, data_dir: str | os.PathLike | None = None, *, dow
         download_file(spec, data_dir)
     sha256 = file_sha256(path)
     if verify and spec.sha256 is not None and sha256 != spec.sha256:
+        if spec.is_own:
+            raise DataError(f"{path} changed since it was added as {spec.name} (sha256 {sha256[:12]}... not "
+                            f"{spec.sha256[:12]}...); add it again with `mixbench data add {spec.name} {path} "
+                            "--force`", setting="dataset")
         raise DataError(f"{path} has sha256 {sha256} but {spec.name} should have {spec.sha256}; replace it with the "
                         f"original (`mixbench data download {spec.name} --force`) or, to use this copy as it is, "
                         "turn {setting} off", setting="verify")
+    if verify and spec.sha256 is None:
+        rows, channels = csv_shape(path, sha256)
+        if (rows, channels) != (spec.n_rows, spec.n_channels):
+            raise DataError(f"{path} has {rows:,} rows and {channels:,} channels but {spec.name} has "
+                            f"{spec.n_rows:,} rows and {spec.n_channels:,} channels: it is another file; put the "
+                            f"original there (`mixbench data download {spec.name} --force`), add yours under its own "
+                            "name (`mixbench data add NAME FILE.csv`), or turn {setting} off", setting="verify")
     return DatasetFile(spec=spec, path=path, sha256=sha256)
+
+
+def read_own_csv(path: Path) -> tuple[ParsedCSV, str]:
+    """(parsed contents, sha256) of an own CSV, with the same checks as built-in data (dates, NaN, shape)."""
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise DataError(f"{{setting}} {path} is not a file; give the path of a CSV with a `date` column",
+                        setting="dataset")
+    sha256 = file_sha256(path)
+    return load_csv(path, sha256), sha256
+
+
+def own_spec(name: str, path: Path, parsed: ParsedCSV, sha256: str, *, split_rule: str = DEFAULT_SPLIT_RULE,
+             target: str | None = None, frequency: str | None = None, source: str = "user",
+             description: str = "") -> DatasetSpec:
+    """The registry entry of an own CSV already read by `read_own_csv`; the target defaults to OT if the file has
+    one, else its last column (TSLib's Dataset_Custom forecasts the last column under MS)."""
+    if target is None:
+        target = "OT" if "OT" in parsed.columns else parsed.columns[-1]
+    if target not in parsed.columns:
+        listed = ", ".join(repr(column) for column in parsed.columns[:8])
+        raise DataError(f"{{setting}} {target!r} is not a column of {path} (columns: {listed}"
+                        f"{', ...' if len(parsed.columns) > 8 else ''})", setting="target")
+    return DatasetSpec(name=name, path=str(path.expanduser().resolve()), n_channels=len(parsed.columns),
+                       n_rows=parsed.n_rows, frequency=frequency or _guess_frequency(parsed), split_rule=split_rule,
+                       sha256=sha256, description=description or f"own data from {path.name}", target=target,
+                       source=source)  # type: ignore[arg-type]
+
+
+def csv_shape(path: Path, sha256: str) -> tuple[int, int]:
+    """(data rows, value columns) of a CSV, from its header and line count (no parsing); remembered per sha256."""
+    if sha256 not in _shape_memo:
+        with path.open("rb") as handle:
+            header = handle.readline()
+            rows = 0
+            last = b"\n"
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                rows += block.count(b"\n")
+                last = block[-1:]
+        if last != b"\n":
+            rows += 1  # a last line without a newline is still a row
+        _shape_memo[sha256] = (rows, len(header.decode("utf-8", "replace").split(",")) - 1)
+    return _shape_memo[sha256]
+
+
+def _direct_file(path: Path) -> DatasetFile:
+    """`--dataset FILE.csv`: the file under the 70/10/20 rule, named after its stem (a registered dataset's own file
+    keeps its registry entry, so results are never labelled with a name that means other data)."""
+    parsed, sha256 = read_own_csv(path)
+    resolved = path.expanduser().resolve()
+    for spec in all_datasets().values():
+        if spec.sha256 == sha256:
+            return DatasetFile(spec=spec, path=resolved, sha256=sha256)
+    name = resolved.stem
+    if name.lower() in {registered.lower() for registered in all_datasets()}:
+        raise DataError(f"{resolved} is named like the registered dataset {name!r} but holds other data; add it "
+                        "under its own name with `mixbench data add NAME FILE.csv` and pass that name as {setting}",
+                        setting="dataset")
+    spec = own_spec(name, resolved, parsed, sha256, source="file", description=f"the file {resolved}")
+    print(f"dataset {name}: {resolved} ({spec.n_rows:,} rows, {spec.n_channels} channels, target {spec.target}) with "
+          f"the {split_rule_label(spec.split_rule)} train/val/test split; `mixbench data add` records another rule",
+          file=sys.stderr)
+    return DatasetFile(spec=spec, path=resolved, sha256=sha256)
+
+
+def _guess_frequency(parsed: ParsedCSV) -> str:
+    """The most common step between dates as a pandas alias ('h', '10min', 'D'), or '?' for fewer than two rows."""
+    steps = np.diff(parsed.dates[:101].astype("int64"))
+    if len(steps) == 0:
+        return "?"
+    values, counts = np.unique(steps, return_counts=True)
+    seconds = int(values[counts.argmax()]) // 1_000_000_000
+    for unit, size in (("W", 604_800), ("D", 86_400), ("h", 3_600), ("min", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return unit if count == 1 else f"{count}{unit}"
+    return "?"
 
 
 def file_sha256(path: Path) -> str:

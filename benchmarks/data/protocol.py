@@ -5,6 +5,7 @@ windows is an index gather, so iterating never runs a Python loop per sample.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ class DataProtocol:
     seq_len: int = 96          # lookback rows per window
     pred_len: int = 96         # forecast rows per window
     features: Features = "M"   # M: all channels -> all; S: target -> target; MS: all channels -> target
-    target: str = "OT"         # the target column; M/MS move it last, as TSLib does (ETT files keep their order)
+    target: str | None = None  # the target column (None: the dataset's, OT for TSLib's files); M/MS put it last
     scale: bool = True         # standardise with mean/std of the training rows
     freq: str = "h"            # frequency string of the timeF features (TSLib's default 'h' for every dataset)
 
@@ -40,7 +41,7 @@ class DataProtocol:
                 raise SettingError(f"{{setting}} must be a positive integer, got {value!r}; use e.g. 96", setting=name)
         if self.features not in ("M", "S", "MS"):
             raise SettingError(f"{{setting}} must be 'M', 'S' or 'MS', got {self.features!r}", setting="features")
-        if not isinstance(self.target, str) or not self.target:
+        if self.target is not None and (not isinstance(self.target, str) or not self.target):
             raise SettingError(f"{{setting}} must be a column name, got {self.target!r}; the TSLib default is 'OT'",
                                setting="target")
         n_time_features(self.freq)  # raises SettingError for an unknown frequency
@@ -181,6 +182,8 @@ def load_forecast_data(dataset: DatasetFile, protocol: DataProtocol = DataProtoc
     """`dataset` (from `resolve_dataset`, already found and hashed) under `protocol`, with the splits on `device`."""
     spec = dataset.spec
     parsed = load_csv(dataset.path, dataset.sha256)
+    if protocol.target is None:
+        protocol = dataclasses.replace(protocol, target=spec.target)
     columns = _input_columns(dataset, parsed, protocol)
     raw = parsed.values[:, [parsed.columns.index(column) for column in columns]]   # (rows, C_in) float64
     bounds = _checked_bounds(dataset, parsed.n_rows, protocol)
@@ -210,20 +213,21 @@ def load_forecast_data(dataset: DatasetFile, protocol: DataProtocol = DataProtoc
 
 def _input_columns(dataset: DatasetFile, parsed: ParsedCSV, protocol: DataProtocol) -> tuple[str, ...]:
     """The input channels in TSLib's order: S the target alone; M/MS all columns, target last (ETT: file order)."""
-    if protocol.target not in parsed.columns:
+    target = protocol.target
+    if target not in parsed.columns:
         listed = ", ".join(repr(column) for column in parsed.columns[:8])
-        raise SettingError(f"{{setting}} {protocol.target!r} is not a column of {dataset.path} (columns: {listed}"
+        raise SettingError(f"{{setting}} {target!r} is not a column of {dataset.path} (columns: {listed}"
                            f"{', ...' if len(parsed.columns) > 8 else ''}); pass one of them as {{setting}}",
                            setting="target")
     if protocol.features == "S":
-        return (protocol.target,)
+        return (target,)
     if dataset.spec.column_order == "file":
-        if protocol.features == "MS" and parsed.columns[-1] != protocol.target:
+        if protocol.features == "MS" and parsed.columns[-1] != target:
             raise SettingError(f"TSLib's ETT loader keeps the file's column order and forecasts its last column "
-                               f"{parsed.columns[-1]!r} under MS, not {{setting}} {protocol.target!r}; use "
+                               f"{parsed.columns[-1]!r} under MS, not {{setting}} {target!r}; use "
                                f"{{setting}} {parsed.columns[-1]!r}, or features S", setting="target")
         return parsed.columns
-    return tuple(column for column in parsed.columns if column != protocol.target) + (protocol.target,)
+    return tuple(column for column in parsed.columns if column != target) + (target,)
 
 
 def _checked_bounds(dataset: DatasetFile, n_rows: int, protocol: DataProtocol) -> dict[str, tuple[int, int]]:

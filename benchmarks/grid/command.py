@@ -42,7 +42,9 @@ def _integers(text: str, option: str) -> list[int]:
               help="Lookback window (a FILE entry may set its own).")
 @click.option("--epochs", type=int, default=None, help="Training epochs for every run (default: each config's).")
 @click.option("--limit-train-batches", type=int, default=None, help="Cap training batches per epoch (smoke runs).")
-@click.option("--limit-eval-batches", type=int, default=None, help="Cap validation and test batches (smoke runs).")
+@click.option("--limit-eval-batches", type=int, default=None,
+              help="Cap validation and test batches (smoke runs; such runs are tagged test_complete=false and left "
+                   "out of leaderboards and tables unless --include-capped).")
 @click.option("--gpus-per-run", type=float, default=None,
               help="GPU share per run; fractions pack several runs on one GPU "
                    "(default: 0.25 if the Ray cluster has GPUs, else 0).")
@@ -51,12 +53,14 @@ def _integers(text: str, option: str) -> list[int]:
 @click.option("--tracking-uri", default=None, help=_TRACKING_HELP)
 @click.option("--experiment", default="mixbench", show_default=True, help="MLflow experiment name.")
 @click.option("--data-dir", default=None, help="Dataset folder (default: $MIXBENCH_DATA_DIR, else ./dataset).")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Check dataset files against the registry's sha256 (--no-verify runs on modified copies).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: the run's GPU share when it has one, else the CPU.")
 def benchmark(datasets: str, models: str, horizons: str, seeds: int, configs: str, suite: str, seq_len: int,
               epochs: int | None, limit_train_batches: int | None, limit_eval_batches: int | None,
               gpus_per_run: float | None, cpus_per_run: float, address: str | None, tracking_uri: str | None,
-              experiment: str, data_dir: str | None, device: str) -> None:
+              experiment: str, data_dir: str | None, verify: bool, device: str) -> None:
     """Run the benchmark grid (datasets x models x horizons x seeds) as Ray tasks; log every run to MLflow.
 
     Cells already complete in the suite (same dataset, model, pred_len, seed and config_hash; FINISHED with
@@ -64,8 +68,10 @@ def benchmark(datasets: str, models: str, horizons: str, seeds: int, configs: st
     A failed cell is reported and the others go on; the exit code is 1 if any failed.
 
     \b
-    Example:
+    Examples:
       mixbench benchmark --datasets weather,ETTh1 --horizons 96,192,336,720 --seeds 3 --suite paper
+      mixbench benchmark --datasets weather --models mixmamba --configs best --suite paper   # refit searches
+      mixbench benchmark --datasets ETTh1 --models dlinear --horizons 96 --seeds 1 --epochs 1 --suite smoke
     """
     # Imported here: Ray, MLflow and torch take seconds to import, which `mixbench benchmark --help` need not wait for.
     from benchmarks.grid.runner import BenchmarkConfig, run_benchmark
@@ -77,11 +83,15 @@ def benchmark(datasets: str, models: str, horizons: str, seeds: int, configs: st
         horizons=_integers(horizons, "--horizons"), seeds=seeds, configs=configs, suite=suite, seq_len=seq_len,
         epochs=epochs, limit_train_batches=limit_train_batches, limit_eval_batches=limit_eval_batches,
         gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, address=address, tracking_uri=tracking_uri,
-        experiment=experiment, data_dir=data_dir, device=device,
+        experiment=experiment, data_dir=data_dir, verify=verify, device=device,
     )
     outcome = run_benchmark(config, echo=lambda line: click.echo(line, err=True))
     click.echo(f"suite {outcome.suite}: {len(outcome.logged)} runs logged, {len(outcome.skipped)} skipped as "
                f"complete, {len(outcome.failed)} failed")
+    if limit_eval_batches is not None and outcome.logged:
+        click.echo(f"note: --limit-eval-batches {limit_eval_batches} may have capped the test pass: such runs are "
+                   "tagged test_complete=false and left out of `mixbench leaderboard` and `mixbench table` unless "
+                   "--include-capped", err=True)
     for cell, message in outcome.failed:
         click.echo(f"failed: {cell.describe()}: {message}", err=True)
     if outcome.failed:

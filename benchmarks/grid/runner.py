@@ -19,9 +19,10 @@ from benchmarks.grid.configs import ConfigEntry, best_search_configs, load_confi
 from benchmarks.models.registry import MODEL_NAMES
 from benchmarks.ray_session import check_address, connect
 from benchmarks.tracking.callback import log_result
+from benchmarks.tracking.credentials import move_credentials_to_env
 from benchmarks.tracking.queries import search_benchmark_runs
 from benchmarks.tracking.store import TrackingStore
-from benchmarks.training.callbacks import ExperimentResult
+from benchmarks.training.callbacks import ExperimentResult, capped_test_note
 from benchmarks.training.engine import run_experiment
 from benchmarks.worker_share import WorkerShare
 
@@ -55,6 +56,7 @@ class BenchmarkConfig:
     tracking_uri: str | None = None
     experiment: str = "mixbench"
     data_dir: str | None = None
+    verify: bool = True
     device: str = "auto"
 
 
@@ -227,10 +229,11 @@ def run_benchmark(config: BenchmarkConfig, echo: Callable[[str], None] = print) 
     _check(config)
     if config.address is not None:
         check_address(config.address)
-    store = TrackingStore.resolve(config.tracking_uri)
+    store = TrackingStore.resolve(move_credentials_to_env(config.tracking_uri))
     # Every dataset is found and hashed once, every cell validated and complete ones skipped, before Ray starts;
     # the device is set once Ray is up.
-    data = {file.name: file for file in (resolve_dataset(name, config.data_dir) for name in config.datasets)}
+    files = [resolve_dataset(name, config.data_dir, verify=config.verify) for name in config.datasets]
+    data = {file.name: file for file in files}
     config = replace(config, datasets=list(data))
     cells = plan_cells(config, config_entries(config, store), data)
     done = complete_cells(store, config.experiment, config.suite)
@@ -265,7 +268,8 @@ def run_benchmark(config: BenchmarkConfig, echo: Callable[[str], None] = print) 
                 continue
             outcome.logged.append((cell, run_id))
             echo(f"[{position}/{len(todo)}] {cell.describe()}: test MSE {result.test_mse:.4f} "
-                 f"MAE {result.test_mae:.4f} (run {run_id})")
+                 f"MAE {result.test_mae:.4f}{capped_test_note(result.test_windows, result.test_windows_total)} "
+                 f"(run {run_id})")
     finally:
         if started:
             ray.shutdown()

@@ -1,12 +1,12 @@
-"""The model registry: model names -> (config class, model class), building a model from settings, and each model's
-per-dataset recipe (reference-script model and training settings) read from benchmarks/models/recipes.yaml.
+"""The model registry: installed model names -> their plugin (config class, model class, label, recipe, space),
+building a model from settings, and each model's per-dataset recipe: the built-ins' reference-script settings in
+benchmarks/models/recipes.yaml, a plugin's in its own `recipe`.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import functools
-import importlib
 import numbers
 import typing
 from pathlib import Path
@@ -16,22 +16,20 @@ import yaml
 from torch import nn
 
 from benchmarks.errors import SettingError
+from benchmarks.models.plugins import (
+    BUILTIN_MODELS,
+    PROTOCOL_FIELDS,
+    ModelPlugin,
+    check_recipe,
+    installed_model_names,
+    load_plugin,
+)
 
-MODEL_NAMES = ("mixmamba", "patchtst", "itransformer", "dlinear")
-MODEL_LABELS = {"mixmamba": "MixMamba", "itransformer": "iTransformer", "patchtst": "PatchTST", "dlinear": "DLinear"}
-
-# name -> (module, config class, model class); imported on first use so the baselines work without mixmamba
-_CLASS_PATHS: dict[str, tuple[str, str, str]] = {
-    "mixmamba": ("mixmamba", "MixMambaConfig", "MixMamba"),
-    "patchtst": ("baselines", "PatchTSTConfig", "PatchTST"),
-    "itransformer": ("baselines", "ITransformerConfig", "ITransformer"),
-    "dlinear": ("baselines", "DLinearConfig", "DLinear"),
-}
-
-# set by the data protocol, passed to build_model as arguments rather than overrides
-PROTOCOL_FIELDS = ("seq_len", "pred_len", "enc_in")
+# read once per process from the entry-point metadata (no model is imported for it)
+MODEL_NAMES = installed_model_names()
 
 RECIPES_PATH = Path(__file__).with_name("recipes.yaml")
+OWN_MODELS_DOC = "docs/own-data-and-models.md"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +47,12 @@ class Recipe:
 
 
 def model_label(model: str) -> str:
-    """The display name of a registry model ("patchtst" -> "PatchTST"); unknown names are returned unchanged."""
-    return MODEL_LABELS.get(model, model)
+    """The display name of a model ("patchtst" -> "PatchTST"); a name not installed (or broken) is returned as is, so
+    tables of old runs never fail on it."""
+    try:
+        return model_plugin(model).display_name
+    except SettingError:
+        return model
 
 
 def did_you_mean(value: str, choices: typing.Iterable[str]) -> str:
@@ -60,22 +62,22 @@ def did_you_mean(value: str, choices: typing.Iterable[str]) -> str:
     return f" did you mean {by_lower[match[0]]!r}?" if match else ""
 
 
-def _check_model_name(name: str) -> None:
+def model_plugin(name: str) -> ModelPlugin:
+    """The checked plugin of installed model `name`; SettingError for a name not installed or a broken plugin."""
     if name not in MODEL_NAMES:
+        missing = [builtin for builtin in BUILTIN_MODELS if builtin not in MODEL_NAMES]
+        hint = ("; the built-in models are missing too: reinstall mixbench (`pip install -e .`) so that its "
+                "entry points are registered" if missing else f"; to add your own, see {OWN_MODELS_DOC}")
         raise SettingError(
-            f"{{setting}} {name!r} is not a registered model:{did_you_mean(name, MODEL_NAMES)} choose one of "
-            f"{', '.join(MODEL_NAMES)}", setting="model"
-        )
+            f"{{setting}} {name!r} is not an installed model:{did_you_mean(name, MODEL_NAMES)} choose one of "
+            f"{', '.join(MODEL_NAMES) or '(none)'}{hint}", setting="model")
+    return load_plugin(name)
 
 
 def model_classes(name: str) -> tuple[type, type[nn.Module]]:
-    """(config class, model class) of a registered model; imports its package on first use (ImportError if absent)."""
-    _check_model_name(name)
-    module_name, config_name, model_name = _CLASS_PATHS[name]
-    module = importlib.import_module(module_name)
-    if not (hasattr(module, config_name) and hasattr(module, model_name)):
-        raise ImportError(f"package {module_name!r} does not define {config_name} and {model_name} yet")
-    return getattr(module, config_name), getattr(module, model_name)
+    """(config class, model class) of an installed model; loads its plugin on first use."""
+    plugin = model_plugin(name)
+    return plugin.config_class, plugin.model_class
 
 
 def _coerce(name: str, key: str, value: Any, annotation: Any) -> Any:
@@ -134,59 +136,50 @@ def build_model(
     return model_class(config), config
 
 
-_ENTRY_KEYS = {"source", "seq_len", "model", "train", "horizons"}
-
-
 @functools.lru_cache(maxsize=1)
 def _load_recipes() -> dict[str, Any]:
     """Parse recipes.yaml once, checking its shape so a misspelt key cannot silently drop settings."""
     with RECIPES_PATH.open() as handle:
         data = yaml.safe_load(handle)
-    if set(data["models"]) != set(MODEL_NAMES):
-        raise ValueError(f"{RECIPES_PATH} must have an entry for each of {MODEL_NAMES}, has {sorted(data['models'])}")
+    if set(data["models"]) != set(BUILTIN_MODELS):
+        raise ValueError(f"{RECIPES_PATH} must have an entry for each of {BUILTIN_MODELS}, "
+                         f"has {sorted(data['models'])}")
     for model_name, section in data["models"].items():
-        unknown = set(section) - {"defaults", "datasets"}
-        if unknown:
-            raise ValueError(f"{RECIPES_PATH}: models.{model_name} has unknown keys {sorted(unknown)}")
-        for dataset, entry in {"defaults": section.get("defaults", {}), **section.get("datasets", {})}.items():
-            if dataset != "defaults" and "source" not in entry:
+        check_recipe(section, f"{RECIPES_PATH}: models.{model_name}")
+        for dataset, entry in section.get("datasets", {}).items():
+            if "source" not in entry:
                 raise ValueError(f"{RECIPES_PATH}: models.{model_name}.datasets.{dataset} needs a source")
-            unknown = set(entry) - _ENTRY_KEYS
-            for horizon in entry.get("horizons", {}).values():
-                unknown |= set(horizon) - {"model", "train"}
-            if unknown:
-                raise ValueError(f"{RECIPES_PATH}: models.{model_name}.{dataset} has unknown keys {sorted(unknown)}")
     return data
 
 
+def builtin_recipe(name: str) -> dict[str, Any]:
+    """The recipes.yaml section of built-in model `name`: what its plugin carries as `recipe`."""
+    return _load_recipes()["models"][name]
+
+
 def recipe_datasets(name: str) -> tuple[str, ...]:
-    """The datasets recipes.yaml has a reference recipe for, for model `name`."""
-    _check_model_name(name)
-    return tuple(_load_recipes()["models"][name].get("datasets", {}))
+    """The datasets model `name`'s recipe has a reference entry for."""
+    return tuple((model_plugin(name).recipe or {}).get("datasets") or {})
 
 
 def recipe(name: str, dataset: str, pred_len: int) -> Recipe:
     """The reference settings of model `name` on `dataset` (its registry spelling) at horizon `pred_len`.
 
-    A dataset without a reference script gets the model's defaults alone; Recipe.source says which applied.
+    Layers, later winning: recipes.yaml's `defaults` (TSLib's run.py), the model's recipe `defaults`, its entry for
+    the dataset, that entry's horizon. A dataset without an entry gets the defaults alone; Recipe.source says which.
     """
-    _check_model_name(name)
+    section = model_plugin(name).recipe or {}
     if isinstance(pred_len, bool) or not isinstance(pred_len, numbers.Integral) or pred_len < 1:
         raise SettingError(f"{{setting}} must be a positive integer, got {pred_len!r}", setting="pred_len")
     data = _load_recipes()
-    section = data["models"][name]
-    datasets = section.get("datasets", {})
+    datasets = section.get("datasets") or {}
     entry = datasets.get(dataset, {"source": f"no reference script for {name} on {dataset}: defaults"})
-    horizon = entry.get("horizons", {}).get(int(pred_len), {})
-    defaults = section.get("defaults", {})
+    horizon = (entry.get("horizons") or {}).get(int(pred_len), {})
+    defaults = section.get("defaults") or {}
     model: dict[str, Any] = {}
     train: dict[str, Any] = {}
     for layer in (data["defaults"], defaults, entry, horizon):
-        model.update(layer.get("model", {}))
-        train.update(layer.get("train", {}))
-    return Recipe(
-        model=model,
-        train=train,
-        seq_len=int(entry.get("seq_len", data["defaults"]["seq_len"])),
-        source=str(entry["source"]),
-    )
+        model.update(layer.get("model") or {})
+        train.update(layer.get("train") or {})
+    seq_len = entry.get("seq_len", defaults.get("seq_len", data["defaults"]["seq_len"]))
+    return Recipe(model=model, train=train, seq_len=int(seq_len), source=str(entry.get("source", "")))

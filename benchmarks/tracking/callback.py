@@ -68,12 +68,13 @@ class MLflowCallback(TrainingCallback):
 def log_result(store: TrackingStore, experiment_name: str, result: ExperimentResult, *, kind: str,
                run_name: str | None = None, parent_run_id: str | None = None,
                tags: Mapping[str, str] | None = None) -> str:
-    """Log a finished experiment (tags, params, every epoch, final metrics, artifacts) as one run; its run id."""
+    """Log a finished experiment (tags, params, every epoch, final metrics, artifacts) as one run, with the start and
+    end times the engine recorded; its run id."""
     writer = RunWriter.create(store, experiment_name, result.experiment, kind=kind, run_name=run_name,
-                              parent_run_id=parent_run_id, tags=tags)
+                              parent_run_id=parent_run_id, tags=tags, start_time=result.started_at or None)
     try:
         writer.log_epochs(result.history)
-        writer.finish(result)
+        writer.finish(result, after_the_fact=True)
     except BaseException as error:
         writer.fail(failed_status(error))
         raise

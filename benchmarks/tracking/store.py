@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import logging
 import os
 import urllib.error
 import urllib.parse
@@ -21,6 +22,10 @@ SQLITE_PREFIX = "sqlite:///"
 PROBE_TIMEOUT_S = 3.0
 # MLflow prints "View run at <uri>" whenever a run on a server ends, credentials included; this turns that off.
 QUIET_RUN_URLS_ENV = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+# MLflow 3's UI opens an experiment by its kind: a model-training experiment opens on its runs, not on the GenAI
+# overview (traces), where a newcomer would see "no data".
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 @dataclass(frozen=True)
@@ -83,13 +88,16 @@ class TrackingStore:
             if experiment.lifecycle_stage == "deleted":
                 raise TrackingError(f"MLflow experiment {name!r} is deleted; restore it in the UI or use another "
                                     "experiment", setting="experiment")
+            if experiment.tags.get(EXPERIMENT_KIND_TAG) is None:
+                client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return experiment.experiment_id
         if not create:
             return None
         database = self.sqlite_path
         location = (database.parent / "mlartifacts").as_uri() if database is not None else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:
             # Another process (a parallel trial) created it between our lookup and create.
             experiment = client.get_experiment_by_name(name)
@@ -108,8 +116,11 @@ def redact_uri(uri: str) -> str:
 
 def quiet_run_urls() -> None:
     """Keep MLflow from printing run URLs (credentials included) to stdout in this process and the processes it
-    starts. For the CLI to call once at start: the library itself sets no environment."""
+    starts, nor log its store set-up ("Creating initial MLflow database tables...") on every new local store. For the
+    CLI to call once at start: the library itself sets no environment."""
     os.environ.update(QUIET_RUN_URLS_ENV)
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _absolute(chosen: str) -> str:

@@ -4,6 +4,7 @@ MLflow run carries"), then its epochs, final metrics, artifacts and end status l
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 import time
 from importlib.metadata import PackageNotFoundError, version
@@ -11,13 +12,17 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
+from benchmarks.data.registry import split_bounds
 from benchmarks.errors import TrackingError
 from benchmarks.experiment import Experiment
 from benchmarks.tracking.store import TrackingStore
-from benchmarks.training.callbacks import EPOCH_METRICS, ExperimentResult
+from benchmarks.training.callbacks import EPOCH_METRICS, ExperimentResult, is_test_complete
 
+TEST_WINDOWS_TAG = "test_windows"
+TEST_COMPLETE_TAG = "test_complete"
 RUN_KINDS = ("train", "trial", "search", "benchmark", "refit")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,6 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 _MAX_PARAMS_OR_TAGS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAM_LENGTH = 6000
+_MAX_DATASET_DIGEST = 36
+_DATASET_INPUT_ATTEMPTS = 5
 
 
 class RunWriter:
@@ -38,19 +45,22 @@ class RunWriter:
     @classmethod
     def create(cls, store: TrackingStore, experiment_name: str, experiment: Experiment, *, kind: str,
                run_name: str | None = None, parent_run_id: str | None = None,
-               tags: Mapping[str, str] | None = None) -> RunWriter:
+               tags: Mapping[str, str] | None = None, start_time: float | None = None) -> RunWriter:
         """A new run (status RUNNING) of `experiment` in MLflow experiment `experiment_name`, with every tag and param.
 
         kind: the `mixbench.kind` tag (one of RUN_KINDS). tags: added last, so they win over the standard tags (e.g.
-        `{"protocol": "tslib-M-Lsearched"}` when the lookback was searched).
+        `{"protocol": "tslib-M-Lsearched"}` when the lookback was searched). start_time: when the run really started
+        (time.time()), for a run logged after the fact; else now. The dataset is logged as the run's input.
         """
         if kind not in RUN_KINDS:
             raise TrackingError(f"run kind {kind!r} is unknown; use one of {', '.join(RUN_KINDS)}")
         client = store.client()
         experiment_id = store.experiment_id(experiment_name)
         run = client.create_run(experiment_id, run_name=run_name or default_run_name(experiment),
-                                tags=_run_tags(experiment, kind, parent_run_id, tags or {}))
+                                tags=_run_tags(experiment, kind, parent_run_id, tags or {}),
+                                start_time=None if start_time is None else int(start_time * 1000))
         writer = cls(store, client, run.info.run_id)
+        _log_dataset_input(client, writer.run_id, dataset_input(experiment))
         params = [Param(key, value) for key, value in _run_params(experiment).items()]
         for start in range(0, len(params), _MAX_PARAMS_OR_TAGS_PER_BATCH):
             client.log_batch(writer.run_id, params=params[start:start + _MAX_PARAMS_OR_TAGS_PER_BATCH])
@@ -85,19 +95,58 @@ class RunWriter:
         for start in range(0, len(items), _MAX_PARAMS_OR_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, tags=items[start:start + _MAX_PARAMS_OR_TAGS_PER_BATCH])
 
-    def finish(self, result: ExperimentResult) -> None:
-        """Log the final metrics and every file under `result.artifact_dir`, then mark the run FINISHED."""
+    def finish(self, result: ExperimentResult, *, after_the_fact: bool = False) -> None:
+        """Log the final metrics, the test's coverage tags and every file under `result.artifact_dir`, then mark the
+        run FINISHED (at the result's own end time when logged `after_the_fact`)."""
         self.log_metrics(result.final_metrics())
+        self.set_tags(coverage_tags(result.test_windows, result.test_windows_total))
         self.client.log_artifacts(self.run_id, str(result.artifact_dir))
-        self.end("FINISHED")
+        self.end("FINISHED", result.ended_at if after_the_fact and result.ended_at else None)
 
     def fail(self, status: str = "FAILED") -> None:
         """Mark the run FAILED (training raised) or KILLED (interrupted)."""
         self.end(status)
 
-    def end(self, status: str) -> None:
-        """End the run as `status` (FINISHED, FAILED or KILLED)."""
-        self.client.set_terminated(self.run_id, status=status)
+    def end(self, status: str, end_time: float | None = None) -> None:
+        """End the run as `status` (FINISHED, FAILED or KILLED), at `end_time` (time.time()) or now."""
+        self.client.set_terminated(self.run_id, status=status,
+                                   end_time=None if end_time is None else int(end_time * 1000))
+
+
+def coverage_tags(windows: int, total: int) -> dict[str, str]:
+    """`test_windows` ("<scored>/<total>") and `test_complete` ("true", or "false" when train.limit_eval_batches
+    capped the test pass): leaderboards and tables leave incomplete tests out unless asked."""
+    return {TEST_WINDOWS_TAG: f"{windows}/{total}",
+            TEST_COMPLETE_TAG: "true" if is_test_complete(windows, total) else "false"}
+
+
+def _log_dataset_input(client: MlflowClient, run_id: str, dataset: DatasetInput) -> None:
+    """Log `dataset` as the run's input. MLflow stores a dataset once per experiment: runs that start together race to
+    insert the same row, and the losers get an integrity error although the row now exists, so they try again."""
+    for attempt in range(_DATASET_INPUT_ATTEMPTS):
+        try:
+            client.log_inputs(run_id, datasets=[dataset])
+            return
+        except MlflowException:
+            if attempt == _DATASET_INPUT_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
+def dataset_input(experiment: Experiment) -> DatasetInput:
+    """The run's dataset as an MLflow dataset input: name, digest (the file's sha256, cut to MLflow's 36
+    characters; the whole hash is the input's `sha256` tag and the `data.sha256` param), source (the CSV's path)
+    and a profile with the rows and the windows of each split under the run's protocol."""
+    data = experiment.data
+    spec = data.spec
+    protocol = experiment.protocol
+    bounds = split_bounds(spec.split_rule, spec.n_rows, protocol.seq_len)
+    profile = {"rows": spec.n_rows, "columns": spec.n_channels, "split_rule": spec.split_rule,
+               **{f"{split}_windows": max(0, end - start - protocol.seq_len - protocol.pred_len + 1)
+                  for split, (start, end) in bounds.items()}}
+    dataset = Dataset(name=data.name, digest=data.sha256[:_MAX_DATASET_DIGEST], source_type="local",
+                      source=json.dumps({"uri": str(data.path)}), profile=json.dumps(profile))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "train"), InputTag("sha256", data.sha256)])
 
 
 def default_run_name(experiment: Experiment) -> str:

@@ -55,10 +55,27 @@ class ExperimentResult:
     artifact_dir: Path
     test_windows: int = 0
     test_windows_total: int = 0
+    started_at: float = 0.0  # time.time() when the engine started the run, and when its test ended
+    ended_at: float = 0.0
 
     def final_metrics(self) -> dict[str, float]:
         """The metrics logged once at the end of a run (FINAL_METRICS)."""
         return {name: float(getattr(self, name)) for name in FINAL_METRICS}
+
+    @property
+    def test_complete(self) -> bool:
+        """Whether every test window was scored (False when train.limit_eval_batches capped the test pass)."""
+        return is_test_complete(self.test_windows, self.test_windows_total)
+
+
+def is_test_complete(windows: int, total: int) -> bool:
+    """A test pass over `windows` of the split's `total` windows covered all of them."""
+    return windows >= total
+
+
+def capped_test_note(windows: int, total: int) -> str:
+    """Empty for a complete test, else the words every console line puts beside a capped test score."""
+    return "" if is_test_complete(windows, total) else f" (CAPPED TEST: {windows} of {total} test windows)"
 
 
 class TrainingCallback:

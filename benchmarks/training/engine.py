@@ -66,6 +66,7 @@ def run_experiment(experiment: Experiment, *, callbacks: Sequence[TrainingCallba
     resume_state: an `EpochReport.state()` dict; training continues after that epoch as if never interrupted.
     artifact_dir: where config.yaml, model/weights.safetensors and plots/ go (a new temporary folder if None).
     """
+    started_at = time.time()
     device = resolve_device(experiment.device)
     _seed_everything(experiment.seed)
     data = load_forecast_data(experiment.data, experiment.protocol, device=device)
@@ -89,6 +90,7 @@ def run_experiment(experiment: Experiment, *, callbacks: Sequence[TrainingCallba
             experiment=experiment, best_epoch=training.best_epoch, best_val_loss=training.best_val_loss,
             epochs_run=training.epoch, test_mse=test.mse, test_mae=test.mae, history=tuple(training.history),
             artifact_dir=artifact_dir, test_windows=test.windows, test_windows_total=test.total,
+            started_at=started_at, ended_at=time.time(),
         )
     except BaseException as error:
         for callback in callbacks:

@@ -152,26 +152,27 @@ def test_to_moves_every_split(etth1):
 
 def test_custom_datasets_move_the_target_last(tmp_path):
     write_csv(tmp_path / "illness" / "national_illness.csv", 200, columns=("a", "OT", "b"))
-    data = load("illness", DataProtocol(seq_len=8, pred_len=4, features="MS"), tmp_path)
+    data = load("illness", DataProtocol(seq_len=8, pred_len=4, features="MS"), tmp_path, verify=False)
     assert data.columns == ("a", "b", "OT")
-    other_target = load("illness", DataProtocol(seq_len=8, pred_len=4, target="a"), tmp_path)
+    other_target = load("illness", DataProtocol(seq_len=8, pred_len=4, target="a"), tmp_path, verify=False)
     assert other_target.columns == ("OT", "b", "a")
 
 
 def test_ett_keeps_the_file_column_order(tmp_path):
     write_csv(tmp_path / "ETT-small" / "ETTh2.csv", 14_400, columns=("HUFL", "OT", "LULL"))
-    data = load("ETTh2", DataProtocol(seq_len=8, pred_len=4), tmp_path)
+    data = load("ETTh2", DataProtocol(seq_len=8, pred_len=4), tmp_path, verify=False)
     assert data.columns == ("HUFL", "OT", "LULL")
     with pytest.raises(SettingError, match="forecasts its last column 'LULL' under MS, not target 'OT'"):
-        load("ETTh2", DataProtocol(seq_len=8, pred_len=4, features="MS"), tmp_path)
-    assert load("ETTh2", DataProtocol(seq_len=8, pred_len=4, features="MS", target="LULL"), tmp_path).columns[-1] \
-        == "LULL"
+        load("ETTh2", DataProtocol(seq_len=8, pred_len=4, features="MS"), tmp_path, verify=False)
+    ms_on_lull = load("ETTh2", DataProtocol(seq_len=8, pred_len=4, features="MS", target="LULL"), tmp_path,
+                      verify=False)
+    assert ms_on_lull.columns[-1] == "LULL"
 
 
 def test_every_window_is_visited_once_per_pass(tmp_path):
     write_csv(tmp_path / "illness" / "national_illness.csv", 300)
     protocol = DataProtocol(seq_len=5, pred_len=3, scale=False)
-    data = load("illness", protocol, tmp_path)
+    data = load("illness", protocol, tmp_path, verify=False)
     for split in (data.train, data.val, data.test):
         for shuffle in (False, True):
             batches = list(split.iter_batches(7, shuffle=shuffle, generator=torch.Generator().manual_seed(1)))
@@ -188,7 +189,7 @@ def test_every_window_is_visited_once_per_pass(tmp_path):
 
 def test_shuffle_is_reproducible_from_the_generator(tmp_path):
     write_csv(tmp_path / "illness" / "national_illness.csv", 300)
-    data = load("illness", DataProtocol(seq_len=5, pred_len=3, scale=False), tmp_path)
+    data = load("illness", DataProtocol(seq_len=5, pred_len=3, scale=False), tmp_path, verify=False)
 
     def order(seed: int) -> list[float]:
         generator = torch.Generator().manual_seed(seed)
@@ -237,7 +238,7 @@ def test_bad_protocol_is_setting_error(kwargs, fragment):
 def test_protocol_is_frozen_with_tslib_defaults():
     protocol = DataProtocol()
     assert (protocol.seq_len, protocol.pred_len, protocol.features, protocol.target, protocol.scale,
-            protocol.freq) == (96, 96, "M", "OT", True, "h")
+            protocol.freq) == (96, 96, "M", None, True, "h")  # target None: the dataset's (OT for TSLib's files)
     with pytest.raises(AttributeError):
         protocol.seq_len = 1
 
@@ -253,7 +254,7 @@ def test_loading_reads_the_resolved_file_and_hashes_nothing(shared_data_dir, mon
 def test_missing_target_is_setting_error(tmp_path, features):
     write_csv(tmp_path / "illness" / "national_illness.csv", 200, columns=("a", "b"))
     with pytest.raises(SettingError, match="target 'OT' is not a column of .*national_illness.csv .*'a', 'b'"):
-        load("illness", DataProtocol(seq_len=8, pred_len=4, features=features), tmp_path)
+        load("illness", DataProtocol(seq_len=8, pred_len=4, features=features), tmp_path, verify=False)
 
 
 def test_split_too_short_for_the_windows_names_the_split(tmp_path):
@@ -261,18 +262,18 @@ def test_split_too_short_for_the_windows_names_the_split(tmp_path):
     # 100 rows: 70 train, 10 val, 20 test; a 12-row forecast leaves no val window
     with pytest.raises(DataError, match="illness: the val split has 18 rows, fewer than seq_len \\+ pred_len = 20") \
             as error:
-        load("illness", DataProtocol(seq_len=8, pred_len=12), tmp_path)
+        load("illness", DataProtocol(seq_len=8, pred_len=12), tmp_path, verify=False)
     assert error.value.setting == "pred_len"
     assert error.value.render(lambda setting: "--pred-len").endswith("use a shorter seq_len or --pred-len")
     with pytest.raises(DataError, match="seq_len 80 reaches before the first row") as error:
-        load("illness", DataProtocol(seq_len=80, pred_len=4), tmp_path)
+        load("illness", DataProtocol(seq_len=80, pred_len=4), tmp_path, verify=False)
     assert error.value.setting == "seq_len"
 
 
 def test_truncated_ett_file_is_data_error(tmp_path):
     write_csv(tmp_path / "ETT-small" / "ETTm2.csv", 1_000)
     with pytest.raises(DataError, match="has 1,000 rows but the ETTm2 split reads rows up to 57,600"):
-        load("ETTm2", DataProtocol(seq_len=8, pred_len=4), tmp_path)
+        load("ETTm2", DataProtocol(seq_len=8, pred_len=4), tmp_path, verify=False)
 
 
 @pytest.mark.parametrize("content, fragment", [

@@ -106,8 +106,9 @@ def test_download_refuses_to_keep_a_modified_copy_silently(tmp_path, capsys):
     (["data", "info", "wether"], "'wether'; did you mean 'weather'?"),
     (["data", "info", "weather", "--seq-len", "0"], "error: --seq-len must be a positive integer, got 0"),
     (["data", "info", "weather", "--pred-len", "-1"], "error: --pred-len must be a positive integer, got -1"),
-    (["data", "info", "illness", "--features", "S", "--target", "nope"], "error: --target 'nope' is not a column"),
-    (["data", "info", "illness", "--seq-len", "8", "--pred-len", "12"],
+    (["data", "info", "illness", "--no-verify", "--features", "S", "--target", "nope"],
+     "error: --target 'nope' is not a column"),
+    (["data", "info", "illness", "--no-verify", "--seq-len", "8", "--pred-len", "12"],
      "error: illness: the train split has 19 rows, fewer than seq_len + --pred-len = 20"),
     (["data", "info", "ETTh1"], "ETTh1.csv is missing; run `mixbench data download ETTh1`, place ETTh1.csv there, "
                                 "or point --data-dir at a folder that holds it"),

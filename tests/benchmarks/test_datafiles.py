@@ -85,7 +85,7 @@ def test_resolved_path_is_absolute_for_a_relative_data_dir(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     (tmp_path / "rel" / "illness").mkdir(parents=True)
     (tmp_path / "rel" / "illness" / "national_illness.csv").write_text("date,OT\n2002-01-01,1\n")
-    file = resolve_dataset("illness", "rel")
+    file = resolve_dataset("illness", "rel", verify=False)
     assert file.path.is_absolute() and file.path == tmp_path / "rel" / "illness" / "national_illness.csv"
 
 
@@ -96,8 +96,8 @@ def test_a_file_is_hashed_once_per_process(tmp_path, monkeypatch):
     hashed = []
     real_hash = datafiles._hash_contents
     monkeypatch.setattr(datafiles, "_hash_contents", lambda file: hashed.append(file) or real_hash(file))
-    first = resolve_dataset("illness", tmp_path)
-    assert resolve_dataset("ILLNESS", tmp_path) == first
+    first = resolve_dataset("illness", tmp_path, verify=False)
+    assert resolve_dataset("ILLNESS", tmp_path, verify=False) == first
     assert file_status(get_dataset("illness"), tmp_path).sha256 == first.sha256
     assert hashed == [path]
 
@@ -125,7 +125,10 @@ def test_file_without_reference_hash_is_present_but_unverified(tmp_path):
     path.write_text("date,OT\n2002-01-01,1\n")
     status = file_status(spec, tmp_path)
     assert status.present and status.verified is None
-    assert resolve_dataset("illness", tmp_path).path == path
+    with pytest.raises(DataError, match="has 1 rows and 1 channels but illness has 966 rows and 7 channels") as error:
+        resolve_dataset("illness", tmp_path)
+    assert error.value.setting == "verify" and "\n" not in str(error.value)
+    assert resolve_dataset("illness", tmp_path, verify=False).path == path
 
 
 def test_missing_file_without_download_names_the_path(tmp_path):

@@ -393,3 +393,27 @@ def test_a_resumed_run_logs_each_epoch_once(shared_data_dir, tmp_path):
         assert sorted(metric.step for metric in client.get_metric_history(writer.run_id, name)) == [1, 2, 3]
     assert client.get_run(writer.run_id).info.status == "FINISHED"
 
+
+
+def test_experiments_are_model_training_experiments_old_ones_included(tmp_path):
+    store = sqlite_store(tmp_path)
+    client = store.client()
+    fresh = client.get_experiment(store.experiment_id("fresh"))
+    assert fresh.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
+    old = client.create_experiment("old")  # as MixBench created them before, without a kind
+    assert store.experiment_id("old") == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_run_logged_after_the_fact_keeps_its_true_times_dataset_and_test_coverage(logged):
+    store, result, _, _ = logged
+    client = store.client()
+    run = client.get_run(log_result(store, "tests", result, kind="benchmark"))
+    assert run.info.start_time == int(result.started_at * 1000) and run.info.end_time == int(result.ended_at * 1000)
+    assert result.ended_at > result.started_at
+    assert run.data.tags["test_complete"] == "false"  # limit_eval_batches 1 at batch size 16
+    assert run.data.tags["test_windows"] == f"16/{result.test_windows_total}"
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "ETTh1" and dataset_input.dataset.digest == ETTH1_SHA256[:36]
+    assert {tag.key: tag.value for tag in dataset_input.tags}["sha256"] == ETTH1_SHA256
+    assert '"train_windows": 8569' in dataset_input.dataset.profile  # 12 months of hours (8640) - 48 - 24 + 1

@@ -110,7 +110,7 @@ def test_train_logs_a_complete_run_whose_weights_reproduce_its_test_metrics(trai
     (["--set", "train.warmup=3"], "--set train.warmup is not a mixmamba setting"),
     (["--set", "learning_rate=1e-3"], "name the section, model.learning_rate or train.learning_rate"),
     (["--set", "model.d_model"], "is not key=value"),
-    (["--model", "mamba3"], "--model 'mamba3' is not a registered model"),
+    (["--model", "mamba3"], "--model 'mamba3' is not an installed model"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(extra, message, capsys, tmp_path):
     code = mixbench([*TINY_RUN, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *extra])
@@ -152,7 +152,8 @@ def test_running_out_of_gpu_memory_is_one_line_with_the_fix_and_a_failed_run(out
 def test_train_help_documents_the_set_scheme_with_an_example(capsys):
     assert mixbench(["train", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "Example:" in out and "train.learning_rate=1e-3" in out and "model.d_model=128" in out
+    assert "Examples:" in out and "train.learning_rate=1e-3" in out and "model.d_model=128" in out
+    assert "--no-verify" in out
 
 
 def test_ui_refuses_a_missing_store_and_a_remote_server(capsys, tmp_path):
@@ -193,3 +194,44 @@ def test_ui_serves_the_store_and_its_artifacts_on_localhost(trained):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_a_capped_test_is_marked_on_the_console_and_in_the_run(trained):
+    uri, run_id, stdout, _ = trained
+    assert "(CAPPED TEST: 8 of " in stdout  # --limit-eval-batches 2 at batch size 4
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.data.tags["test_complete"] == "false" and run.data.tags["test_windows"].startswith("8/")
+
+
+def test_a_modified_dataset_names_no_verify_and_no_verify_trains_on_it(capsys, tmp_path, shared_data_dir):
+    modified = tmp_path / "data"
+    (modified / "ETT-small").mkdir(parents=True)
+    text = (shared_data_dir / "ETT-small" / "ETTh1.csv").read_text()
+    (modified / "ETT-small" / "ETTh1.csv").write_text(text.replace(",", ", ", 1))
+    run = [*TINY_RUN, "--data-dir", str(modified), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
+    assert mixbench(run) == 2
+    err = capsys.readouterr().err
+    assert "turn --verify off" in err and "--no-verify" in mixbench_help("train")  # the fix exists on this command
+    assert mixbench([*run, "--no-verify"]) == 0
+
+
+def mixbench_help(command: str) -> str:
+    from click.testing import CliRunner
+
+    from benchmarks.training.command import train, ui
+    return CliRunner().invoke({"train": train, "ui": ui}[command], ["--help"]).output
+
+
+def test_progress_warns_once_about_a_slow_cpu_run_and_shows_the_run_eta(shared_data_dir, capsys):
+    from benchmarks.data.files import resolve_dataset as resolve
+    from benchmarks.experiment import resolve_experiment
+    from benchmarks.training.command import ProgressBars
+    from benchmarks.training.engine import run_experiment
+
+    experiment = resolve_experiment("dlinear", resolve("ETTh1", shared_data_dir), pred_len=24,
+                                    seq_len=48, settings={"train.epochs": 2, "train.limit_train_batches": 5,
+                                                          "train.limit_eval_batches": 1}, device="cpu")
+    run_experiment(experiment, callbacks=[ProgressBars(2, on_cpu=True, warn_above_s=0)])
+    err = capsys.readouterr().err
+    assert err.count("warning: on the CPU this run will take about") == 1
+    assert "epoch 2/2 (run ETA" in err

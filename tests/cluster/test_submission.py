@@ -64,7 +64,7 @@ def test_pip_installs_the_projects_requirements_but_not_a_second_ray():
         ("sqlite:///mlflow.db", "one machine's disk"),
         ("./mlruns", "one machine's disk"),
         ("file:///tmp/mlruns", "one machine's disk"),
-        ("postgresql://mlflow:hunter2@db:5432/mlflow", "not a tracking server"),
+        ("postgresql://db:5432/mlflow", "not a tracking server"),
     ],
 )
 def test_tracking_stores_a_single_machine_holds_are_refused(uri, reason):
@@ -99,17 +99,14 @@ def test_bad_submissions_are_refused_with_the_fix(overrides, message):
         submission(**overrides)
 
 
-def test_token_lookup_follows_rays_order(tmp_path, monkeypatch):
+def test_token_comes_from_the_flag_or_ray_auth_token_only(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-        monkeypatch.delenv(name, raising=False)
-    assert read_token() is None
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     (tmp_path / ".ray").mkdir()
-    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
-    assert read_token() == "from-home"
+    (tmp_path / ".ray" / "auth_token").write_text("local-session\n")
     (tmp_path / "path_token").write_text("from-path")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "path_token"))
-    assert read_token() == "from-path"
+    assert read_token() is None
     monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
     assert read_token() == "from-env"
     (tmp_path / "flag_token").write_text(" from-flag \n")

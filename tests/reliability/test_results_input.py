@@ -5,25 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import os
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 
-import cli
+from tests.cli_runner import mixbench
 
 PAPER_RUNS = Path(__file__).resolve().parents[2] / "results" / "paper" / "runs.csv"
-
-
-def mixbench(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            cli.main(list(args))
-        except SystemExit as done:
-            code = done.code or 0
-    return code, out.getvalue(), err.getvalue()
 
 
 def edited_runs(tmp_path: Path, edit) -> Path:

@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import csv
-import io
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-import cli
+from tests.cli_runner import mixbench
 
 PAPER_RUNS = Path(__file__).resolve().parents[2] / "results" / "paper" / "runs.csv"
-
-
-def mixbench(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            cli.main(list(args))
-        except SystemExit as done:
-            code = done.code or 0
-    return code, out.getvalue(), err.getvalue()
 
 
 def with_capped_dlinear(tmp_path: Path, tag: bool) -> Path:

@@ -10,7 +10,6 @@ import shutil
 import statistics
 import subprocess
 from collections import defaultdict
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
 import cli
+from tests.cli_runner import mixbench
 from benchmarks.data.files import resolve_dataset
 from benchmarks.errors import MixbenchError
 from benchmarks.grid.runner import BenchmarkConfig, complete_cells, config_entries, plan_cells
@@ -36,18 +36,6 @@ TINY_CONFIGS = """\
 GRID = ["--datasets", "ETTh1", "--models", "dlinear,patchtst", "--seeds", "2", "--epochs", "1",
         "--limit-train-batches", "2", "--cpus-per-run", "1"]
 LABELS = {"dlinear": "DLinear", "patchtst": "PatchTST (tiny)"}
-
-
-def mixbench(*args: str) -> tuple[int, str, str]:
-    """Run `mixbench ARGS` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            cli.main(list(args))
-        except SystemExit as done:
-            code = done.code or 0
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -106,10 +106,12 @@ class StackedMamba(nn.Module):
         u, z = xz.chunk(2, dim=-1)  # (E, b, L, d_inner) each
         u = _to_channels(u)  # (b, E*d_inner, L)
         channels = u.shape[1]
+        # Weights cast to u's dtype here, not by autocast: under torch.vmap (fused training arrays) autocast casts
+        # the input but not the batched bias. Outside autocast it is a no-op.
         u = F.conv1d(
             u,
-            self.conv1d_weight.reshape(channels, 1, self.d_conv),
-            self.conv1d_bias.reshape(channels),
+            self.conv1d_weight.reshape(channels, 1, self.d_conv).to(u.dtype),
+            self.conv1d_bias.reshape(channels).to(u.dtype),
             padding=self.d_conv - 1,
             groups=channels,
         )[..., :length]  # causal: the left-padded depthwise conv's first L outputs

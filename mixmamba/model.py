@@ -59,8 +59,17 @@ class MixMamba(nn.Module):
         self.head_dropout = nn.Dropout(config.dropout)
         self.last_routing: RoutingStats | None = None
 
-    def forward(self, x: torch.Tensor, x_mark: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, seq_len, enc_in) -> (forecast (B, pred_len, enc_in), aux_loss ()); x_mark is accepted and ignored."""
+    def draw_random_inputs(self, batch: int, dtype: torch.dtype,
+                           generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The router's random numbers for one forward pass over `batch` windows, drawn now from `generator` in the
+        order forward would draw them, as forward's keyword arguments. A loop that trains several models as one
+        gives each its own random stream this way."""
+        return self.moe.router.draw(batch * self.config.enc_in, self.config.patch_num, dtype, generator)
+
+    def forward(self, x: torch.Tensor, x_mark: torch.Tensor | None = None, route_draws: torch.Tensor | None = None,
+                noise_draws: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, seq_len, enc_in) -> (forecast (B, pred_len, enc_in), aux_loss ()); x_mark is accepted and ignored.
+        route_draws / noise_draws: the router's random numbers (`draw_random_inputs`), drawn inside when None."""
         config = self.config
         if x.dim() != 3 or x.shape[1:] != (config.seq_len, config.enc_in):
             raise ValueError(
@@ -72,7 +81,7 @@ class MixMamba(nn.Module):
             x, mean, std = normalize(x)  # mean, std: (B, 1, N)
 
         tokens = self.patch_embedding(x.permute(0, 2, 1))  # (B*N, patch_num, d_model)
-        tokens, aux_loss, self.last_routing = self.moe(tokens)  # (B*N, patch_num, d_model)
+        tokens, aux_loss, self.last_routing = self.moe(tokens, route_draws, noise_draws)  # (B*N, patch_num, d_model)
 
         tokens = tokens.reshape(batch, channels, config.patch_num, config.d_model)
         features = tokens.permute(0, 1, 3, 2).flatten(start_dim=-2)  # (B, N, d_model * patch_num), d-major

@@ -28,9 +28,10 @@ class MixtureOfMambaExperts(nn.Module):
         self.router = router
         self.experts = experts
 
-    def forward(self, tokens: torch.Tensor) -> MoEOutput:
-        """tokens (G, n, d) -> MoEOutput(tokens (G, n, d), aux_loss (), stats)."""
-        routing = self.router(tokens)
+    def forward(self, tokens: torch.Tensor, route_draws: torch.Tensor | None = None,
+                noise_draws: torch.Tensor | None = None) -> MoEOutput:
+        """tokens (G, n, d) -> MoEOutput(tokens (G, n, d), aux_loss (), stats); draws as TopKRouter.forward's."""
+        routing = self.router(tokens, route_draws, noise_draws)
         expert_inputs = torch.einsum("gnd,gnec->egcd", tokens, routing.dispatch)  # (E, G, c, d)
         expert_outputs = self.experts(expert_inputs)  # (E, G, c, d)
         combined = torch.einsum("egcd,gnec->gnd", expert_outputs, routing.combine)  # (G, n, d)

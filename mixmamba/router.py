@@ -104,6 +104,21 @@ class TopKRouter(nn.Module):
         factor = self.capacity_factor_train if self.training else self.capacity_factor_eval
         return max(min(group_size, int(group_size * factor / self.num_experts)), self.min_capacity)
 
+    def draw(self, groups: int, group_size: int, dtype: torch.dtype, generator: torch.Generator | None = None,
+             given: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The random numbers one forward pass over (groups, group_size) tokens uses, as its keyword arguments:
+        noise_draws (G, n, E) when noise > 0, then route_draws (top_k - 1, G, n); those in `given` are kept, the
+        others drawn from `generator` in that order."""
+        draws = dict(given or {})
+        device = generator.device if generator is not None else self.gate.weight.device
+        if self.noise > 0 and "noise_draws" not in draws:
+            draws["noise_draws"] = torch.rand((groups, group_size, self.num_experts), generator=generator,
+                                              device=device, dtype=dtype)
+        if "route_draws" not in draws:
+            draws["route_draws"] = torch.rand((self.top_k - 1, groups, group_size), generator=generator,
+                                              device=device, dtype=dtype)
+        return draws
+
     def forward(
         self,
         x: torch.Tensor,
@@ -118,9 +133,11 @@ class TopKRouter(nn.Module):
 
         logits = self.gate(x)  # (G, n, E)
         noisy_logits = logits
+        given = {"noise_draws": noise_draws, "route_draws": route_draws}
+        drawn = self.draw(groups, group_size, x.dtype, self.generator,
+                          {name: draws for name, draws in given.items() if draws is not None})
+        route_draws, noise_draws = drawn["route_draws"], drawn.get("noise_draws")
         if self.noise > 0:
-            if noise_draws is None:
-                noise_draws = torch.rand(logits.shape, generator=self.generator, device=x.device, dtype=x.dtype)
             gumbel = -torch.log((-torch.log(noise_draws.clamp(min=1e-20))).clamp(min=1e-20))
             noisy_logits = logits + self.noise * gumbel
         raw_gates = noisy_logits.softmax(dim=-1)  # (G, n, E)
@@ -130,10 +147,6 @@ class TopKRouter(nn.Module):
         top_gates = top_gates.permute(2, 0, 1)  # (k, G, n)
         choice = F.one_hot(top_experts.permute(2, 0, 1), num_experts).to(x.dtype)  # (k, G, n, E)
 
-        if route_draws is None:
-            route_draws = torch.rand(
-                (top_k - 1, groups, group_size), generator=self.generator, device=x.device, dtype=x.dtype
-            )
         later_requested = route_draws < top_gates[1:] / self.threshold  # (k-1, G, n)
         requested = torch.cat([torch.ones_like(later_requested[:1]), later_requested])  # (k, G, n)
         requests = choice * requested[..., None].to(x.dtype)  # (k, G, n, E)

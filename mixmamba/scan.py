@@ -186,7 +186,8 @@ def _in_order(u: torch.Tensor) -> str:
 
 def _resolve_auto(u: torch.Tensor, scan_args: tuple | None) -> str:
     candidates = _auto_candidates(u)
-    if len(candidates) < 2 or os.environ.get(AUTO_ENV, "").lower() == "order":
+    # Inside torch.vmap (a fused training array) only the vmappable backends serve: triton, else reference.
+    if len(candidates) < 2 or os.environ.get(AUTO_ENV, "").lower() == "order" or _is_vmapped(u):
         return _in_order(u)
     if scan_args is None:
         with _auto_lock:
@@ -202,6 +203,10 @@ def _resolve_auto(u: torch.Tensor, scan_args: tuple | None) -> str:
     with _auto_lock:
         choice = _auto_choices.setdefault(key, choice)
     return choice.backend
+
+
+def _is_vmapped(u: torch.Tensor) -> bool:
+    return torch._C._functorch.is_batchedtensor(u)
 
 
 def _auto_key(scan_args: tuple) -> tuple:

@@ -333,6 +333,33 @@ def _backward(ctx, dout):
 _scan_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _scan_vmap(info, in_dims, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """torch.vmap over K independent scans (the members of a fused training array) as one scan: the member dim is
+    folded into the channels and B/C's groups, (K, batch, dim, L) -> (batch, K*dim, L), so channel k*dim + j keeps
+    reading member k's group. One launch serves every member, as one serves every expert."""
+    members = info.batch_size
+
+    def member_first(t, dim):
+        if t is None:
+            return None
+        return t.movedim(dim, 0) if dim is not None else t.expand(members, *t.shape)
+
+    u, delta, A, B, C, D, z, delta_bias = (member_first(t, d) for t, d in zip((u, delta, A, B, C, D, z, delta_bias),
+                                                                                in_dims))
+    batch, dim, length = u.shape[1:]
+
+    def fold(t):  # (K, batch, c, ...) -> (batch, K*c, ...)
+        return None if t is None else t.transpose(0, 1).reshape(batch, members * t.shape[2], *t.shape[3:])
+
+    out = _scan_op(fold(u), fold(delta), A.reshape(members * dim, -1), fold(B), fold(C),
+                   None if D is None else D.reshape(-1), fold(z),
+                   None if delta_bias is None else delta_bias.reshape(-1), delta_softplus)
+    return out.reshape(batch, members, dim, length).transpose(0, 1), 0
+
+
+torch.library.register_vmap("mixmamba::selective_scan_triton", _scan_vmap)
+
+
 def selective_scan_triton(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,

@@ -17,6 +17,7 @@ from benchmarks.data.files import (
     resolve_dataset,
 )
 from benchmarks.data.registry import (
+    DEFAULT_DATE_COLUMN,
     add_user_dataset,
     all_datasets,
     get_dataset,
@@ -47,6 +48,7 @@ def data() -> None:
     Example:
       mixbench data info weather --seq-len 96 --pred-len 96
       mixbench data add sales ./sales.csv --target units --split 60/20/20
+      mixbench data add meter ./meter.csv --date-column timestamp
     """
 
 
@@ -61,7 +63,8 @@ def list_datasets(data_dir: Path | None) -> None:
     """
     root = resolve_data_dir(data_dir)
     click.echo(f"data dir: {root.resolve()}; own datasets: {user_registry_path()}")
-    header = f"{'name':<14} {'channels':>8} {'rows':>8}  {'frequency':<9}  {'split':<17}  {'present':<7}  verified"
+    header = (f"{'name':<14} {'channels':>8} {'rows':>8}  {'frequency':<9}  {'date column':<11}  {'split':<17}  "
+              f"{'present':<7}  verified")
     click.echo(header)
     for spec in all_datasets().values():
         status = file_status(spec, root)
@@ -72,7 +75,8 @@ def list_datasets(data_dir: Path | None) -> None:
         else:
             verified = "yes" if status.verified else "NO: sha256 differs"
         click.echo(f"{spec.name:<14} {spec.n_channels:>8,} {spec.n_rows:>8,}  {spec.frequency:<9}  "
-                   f"{split_rule_label(spec.split_rule):<17}  {'yes' if status.present else 'no':<7}  {verified}"
+                   f"{spec.date_column:<11}  {split_rule_label(spec.split_rule):<17}  "
+                   f"{'yes' if status.present else 'no':<7}  {verified}"
                    f"{f'  (own: {status.path})' if spec.is_own else ''}")
 
 
@@ -142,7 +146,7 @@ def info(dataset: str, seq_len: int, pred_len: int, features: str, target: str, 
     else:
         check = "verified" if file.sha256 == spec.sha256 else "DIFFERS from the registry"
     click.echo(f"{spec.name}: {spec.description}")
-    click.echo(f"file      {file.path}")
+    click.echo(f"file      {file.path} (dates in column {spec.date_column!r})")
     click.echo(f"sha256    {file.sha256} ({check})")
     click.echo(f"protocol  features {protocol.features}, target {protocol.target}, seq_len {protocol.seq_len:,}, "
                f"pred_len {protocol.pred_len:,}, {split_rule_label(spec.split_rule)} split")
@@ -163,32 +167,36 @@ def info(dataset: str, seq_len: int, pred_len: int, features: str, target: str, 
                    "column.")
 @click.option("--frequency", default=None,
               help="Sampling interval as a pandas alias (h, 15min, D); recorded for listings. Default: from the dates.")
+@click.option("--date-column", default=DEFAULT_DATE_COLUMN, show_default=True,
+              help="The column of timestamps; every other column is a numeric channel.")
 @click.option("--split", "split", default="70/10/20", show_default=True,
               help="Train/val/test rule: percentages such as 70/10/20 (TSLib's Dataset_Custom) or 0.6,0.2,0.2, or "
                    "ett-hour / ett-minute (TSLib's 12/4/4 months of hourly / 15-minute rows).")
 @click.option("--description", default="", help="One line shown by `mixbench data info`.")
 @click.option("--force", is_flag=True, help="Replace a dataset you added before under the same name.")
-def add(name: str, file: Path, target: str | None, frequency: str | None, split: str, description: str,
-        force: bool) -> None:
+def add(name: str, file: Path, target: str | None, frequency: str | None, date_column: str, split: str,
+        description: str, force: bool) -> None:
     """Register your own CSV as dataset NAME for every command (train, search, benchmark, tables).
 
-    The file needs a `date` column of non-decreasing timestamps and numeric columns without gaps, as the built-in
-    data. Its path, sha256, rows, channels, target and split rule go to the user registry ($MIXBENCH_HOME/datasets.yaml,
-    else ~/.config/mixbench/datasets.yaml); a later change to the file is refused until it is added again.
+    The file needs a column of non-decreasing timestamps (`date`, or the one --date-column names) and numeric columns
+    without gaps, as the built-in data. Its path, sha256, rows, channels, date column, target and split rule go to the
+    user registry ($MIXBENCH_HOME/datasets.yaml, else ~/.config/mixbench/datasets.yaml); a later change to the file is
+    refused until it is added again.
 
     \b
     Example:
       mixbench data add sales ./sales.csv --target units --split 60/20/20
+      mixbench data add meter ./meter.csv --date-column timestamp
       mixbench train --model dlinear --dataset sales --pred-len 24 --seq-len 96
     """
     rule = parse_split_rule(split)
-    parsed, sha256 = read_own_csv(file)
+    parsed, sha256 = read_own_csv(file, date_column)
     spec = own_spec(name, file, parsed, sha256, split_rule=rule, target=target, frequency=frequency,
-                    description=description)
+                    date_column=date_column, description=description)
     registry = add_user_dataset(spec, force=force)
     click.echo(f"added {spec.name}: {spec.path} ({spec.n_rows:,} rows, {spec.n_channels} channels, target "
-               f"{spec.target}, frequency {spec.frequency}, {split_rule_label(rule)} split, sha256 "
-               f"{sha256[:12]}...) to {registry}")
+               f"{spec.target}, frequency {spec.frequency}, {split_rule_label(rule)} split, dates in column "
+               f"{spec.date_column!r}, sha256 {sha256[:12]}...) to {registry}")
 
 
 @data.command()

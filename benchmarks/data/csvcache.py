@@ -1,4 +1,5 @@
-"""Parsing and validating a Time-Series-Library CSV, and the on-disk cache of parsed files keyed by their sha256.
+"""Parsing and validating a Time-Series-Library CSV, and the on-disk cache of parsed files keyed by their sha256 and
+date column.
 
 The cache lives in $MIXBENCH_CACHE_DIR, else $XDG_CACHE_HOME/mixbench, else ~/.cache/mixbench: never in the data
 dir, which may be read-only or shared. Every write goes to a temporary file that replaces the target atomically;
@@ -6,6 +7,7 @@ an entry is checked again on load (shape, finite values, dates in order) like th
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -21,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from benchmarks.data.registry import DEFAULT_DATE_COLUMN
 from benchmarks.errors import DataError
 
 # Bump when the cached layout or the validation rules change, so that old entries are ignored.
@@ -32,9 +35,10 @@ _MAX_LISTED_COLUMNS = 8
 
 @dataclass(frozen=True, eq=False)
 class ParsedCSV:
-    """A validated CSV: non-decreasing dates and finite float64 values, columns as named in the file."""
+    """A validated CSV: non-decreasing dates and finite float64 values, columns as named in the file; the same
+    whichever column the dates came from."""
 
-    columns: tuple[str, ...]   # value columns in file order, without `date`
+    columns: tuple[str, ...]   # value columns in file order, without the date column
     dates: np.ndarray          # (rows,) datetime64[ns]
     values: np.ndarray         # (rows, C) float64
 
@@ -64,17 +68,18 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
-def load_csv(path: Path, sha256: str) -> ParsedCSV:
-    """The parsed, validated contents of `path`, whose sha256 is `sha256`, from the cache when it holds them.
+def load_csv(path: Path, sha256: str, date_column: str = DEFAULT_DATE_COLUMN) -> ParsedCSV:
+    """The parsed, validated contents of `path`, whose sha256 is `sha256`, with its timestamps in `date_column`, from
+    the cache when it holds them.
 
     A missing or unreadable cache entry is rebuilt; a cache that cannot be written only costs a warning.
     """
-    entry = cache_dir() / "csv" / f"{sha256}-v{CACHE_FORMAT}.npz"
+    entry = cache_entry(sha256, date_column)
     _remove_stale_tmp(entry.parent)
     cached = _read_entry(entry)
     if cached is not None:
         return cached
-    parsed = parse_csv(path)
+    parsed = parse_csv(path, date_column)
     try:
         write_atomically(entry, lambda handle: np.savez(
             handle, columns=np.array(parsed.columns, dtype=str), dates=parsed.dates.astype(np.int64),
@@ -83,6 +88,17 @@ def load_csv(path: Path, sha256: str) -> ParsedCSV:
         warnings.warn(f"could not write the parsed-CSV cache {entry}: {error}; set MIXBENCH_CACHE_DIR to a "
                       "writable folder to make reloads fast", stacklevel=2)
     return parsed
+
+
+def cache_entry(sha256: str, date_column: str = DEFAULT_DATE_COLUMN) -> Path:
+    """The cache file of a CSV's parse with its dates in `date_column`.
+
+    The same file parsed with another date column has other columns and dates, so the column is part of the key; under
+    TSLib's `date` the entry keeps the name it had before the column could be chosen, so existing caches stay valid.
+    """
+    key = sha256 if date_column == DEFAULT_DATE_COLUMN else \
+        f"{sha256}-{hashlib.sha256(date_column.encode()).hexdigest()[:16]}"  # any column name makes a safe file name
+    return cache_dir() / "csv" / f"{key}-v{CACHE_FORMAT}.npz"
 
 
 def _read_entry(entry: Path) -> ParsedCSV | None:
@@ -116,8 +132,9 @@ def _remove_stale_tmp(folder: Path) -> None:
             continue
 
 
-def parse_csv(path: Path) -> ParsedCSV:
-    """Parse a TSLib CSV (a `date` column plus numeric columns) with pyarrow; bad content raises DataError."""
+def parse_csv(path: Path, date_column: str = DEFAULT_DATE_COLUMN) -> ParsedCSV:
+    """Parse a TSLib CSV (a `date` column, or `date_column`, plus numeric columns) with pyarrow; bad content raises
+    DataError."""
     invalid_rows: list = []
 
     def remember_invalid_row(row) -> str:
@@ -144,17 +161,23 @@ def parse_csv(path: Path) -> ParsedCSV:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise DataError(f"{path} has the column {duplicates[0]!r} more than once; give every column a unique name")
-    if "date" not in names:
+    if date_column not in names:
         listed = ", ".join(repr(name) for name in names[:_MAX_LISTED_COLUMNS])
-        raise DataError(f"{path} has no 'date' column (its columns: {listed}); TSLib files start with a 'date' "
-                         "column of timestamps")
-    columns = tuple(name for name in names if name != "date")
+        more = ", ..." if len(names) > _MAX_LISTED_COLUMNS else ""
+        if date_column == DEFAULT_DATE_COLUMN:
+            raise DataError(f"{path} has no 'date' column (its columns: {listed}{more}); TSLib files start with a "
+                             "'date' column of timestamps (`mixbench data add NAME FILE.csv --date-column COLUMN` "
+                             "registers a file that keeps them in another column)")
+        # Only a column chosen when the file is added differs from TSLib's, so this is where that choice is checked.
+        raise DataError(f"{{setting}} {date_column!r} is not a column of {path} (its columns: {listed}{more}); give "
+                        "the column that holds the timestamps", setting="date_column")
+    columns = tuple(name for name in names if name != date_column)
     if not columns:
-        raise DataError(f"{path} has only a 'date' column; add at least one numeric column")
+        raise DataError(f"{path} has only a {date_column!r} column; add at least one numeric column")
     if table.num_rows == 0:
         raise DataError(f"{path} has a header but no data rows; replace it with the complete file")
 
-    dates = _parse_dates(path, table.column("date"))
+    dates = _parse_dates(path, date_column, table.column(date_column))
     values = np.empty((table.num_rows, len(columns)), dtype=np.float64)
     for j, name in enumerate(columns):
         values[:, j] = _numeric_column(path, name, table.column(name))
@@ -168,20 +191,20 @@ def _row(index: int) -> str:
     return f"row {index + 1} (line {index + 2})"
 
 
-def _parse_dates(path: Path, column: pa.ChunkedArray) -> np.ndarray:
+def _parse_dates(path: Path, name: str, column: pa.ChunkedArray) -> np.ndarray:
     if column.null_count:
         missing = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
         raise DataError(f"{path} has no date at {_row(missing)}; give every row a timestamp")
     if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
         return pc.cast(column, pa.timestamp("ns")).to_numpy().astype("datetime64[ns]")
     if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
-        raise DataError(f"column 'date' of {path} holds {column.type} values, not timestamps; write dates such as "
+        raise DataError(f"column {name!r} of {path} holds {column.type} values, not timestamps; write dates such as "
                          "2016-07-01 00:00:00")
     strings = column.to_pandas()
     parsed = pd.to_datetime(strings, errors="coerce")
     if parsed.isna().any():
         bad = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-        raise DataError(f"column 'date' of {path} has {strings.iloc[bad]!r} at {_row(bad)}, which is not a date; "
+        raise DataError(f"column {name!r} of {path} has {strings.iloc[bad]!r} at {_row(bad)}, which is not a date; "
                          "write dates such as 2016-07-01 00:00:00")
     return parsed.to_numpy().astype("datetime64[ns]")
 

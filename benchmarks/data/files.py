@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks.data.csvcache import ParsedCSV, cache_dir, load_csv, write_atomically
 from benchmarks.data.registry import (
+    DEFAULT_DATE_COLUMN,
     DEFAULT_SPLIT_RULE,
     DatasetSpec,
     all_datasets,
@@ -124,21 +125,29 @@ def resolve_dataset(name: str, data_dir: str | os.PathLike | None = None, *, dow
     return DatasetFile(spec=spec, path=path, sha256=sha256)
 
 
-def read_own_csv(path: Path) -> tuple[ParsedCSV, str]:
-    """(parsed contents, sha256) of an own CSV, with the same checks as built-in data (dates, NaN, shape)."""
+def read_own_csv(path: Path, date_column: str = DEFAULT_DATE_COLUMN) -> tuple[ParsedCSV, str]:
+    """(parsed contents, sha256) of an own CSV with its timestamps in `date_column`, with the same checks as built-in
+    data (dates, NaN, shape); a `date_column` other than `date` that the file lacks is a DataError naming that
+    setting."""
     path = path.expanduser().resolve()
+    sha256 = _own_file_sha256(path)
+    return load_csv(path, sha256, date_column), sha256
+
+
+def _own_file_sha256(path: Path) -> str:
+    """The sha256 of an own CSV, which must exist."""
     if not path.is_file():
         raise DataError(f"{{setting}} {path} is not a file; give the path of a CSV with a `date` column",
                         setting="dataset")
-    sha256 = file_sha256(path)
-    return load_csv(path, sha256), sha256
+    return file_sha256(path)
 
 
 def own_spec(name: str, path: Path, parsed: ParsedCSV, sha256: str, *, split_rule: str = DEFAULT_SPLIT_RULE,
-             target: str | None = None, frequency: str | None = None, source: str = "user",
-             description: str = "") -> DatasetSpec:
+             target: str | None = None, frequency: str | None = None, date_column: str = DEFAULT_DATE_COLUMN,
+             source: str = "user", description: str = "") -> DatasetSpec:
     """The registry entry of an own CSV already read by `read_own_csv`; the target defaults to OT if the file has
-    one, else its last column (TSLib's Dataset_Custom forecasts the last column under MS)."""
+    one, else its last column (TSLib's Dataset_Custom forecasts the last column under MS); `date_column` is the one the
+    file was read with."""
     if target is None:
         target = "OT" if "OT" in parsed.columns else parsed.columns[-1]
     if target not in parsed.columns:
@@ -148,7 +157,7 @@ def own_spec(name: str, path: Path, parsed: ParsedCSV, sha256: str, *, split_rul
     return DatasetSpec(name=name, path=str(path.expanduser().resolve()), n_channels=len(parsed.columns),
                        n_rows=parsed.n_rows, frequency=frequency or _guess_frequency(parsed), split_rule=split_rule,
                        sha256=sha256, description=description or f"own data from {path.name}", target=target,
-                       source=source)  # type: ignore[arg-type]
+                       date_column=date_column, source=source)  # type: ignore[arg-type]
 
 
 def csv_shape(path: Path, sha256: str) -> tuple[int, int]:
@@ -170,11 +179,14 @@ def csv_shape(path: Path, sha256: str) -> tuple[int, int]:
 def _direct_file(path: Path) -> DatasetFile:
     """`--dataset FILE.csv`: the file under the 70/10/20 rule, named after its stem (a registered dataset's own file
     keeps its registry entry, so results are never labelled with a name that means other data)."""
-    parsed, sha256 = read_own_csv(path)
     resolved = path.expanduser().resolve()
+    sha256 = _own_file_sha256(resolved)
     for spec in all_datasets().values():
         if spec.sha256 == sha256:
+            # matched before parsing: an added file may keep its dates in a column other than `date`
+            load_csv(resolved, sha256, spec.date_column)
             return DatasetFile(spec=spec, path=resolved, sha256=sha256)
+    parsed = load_csv(resolved, sha256)
     name = resolved.stem
     if name.lower() in {registered.lower() for registered in all_datasets()}:
         raise DataError(f"{resolved} is named like the registered dataset {name!r} but holds other data; add it "

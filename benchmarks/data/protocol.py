@@ -129,16 +129,27 @@ class WindowedSplit:
         for start in range(0, n_batches * batch_size, batch_size):
             yield self._gather(order[start:start + batch_size])
 
+    def iter_member_batches(self, batch_size: int, generators: list[torch.Generator],
+                            limit: int | None = None) -> Iterator[WindowBatch]:
+        """The shuffled batches of K training runs at once, one run per generator: tensors are (K, B, ...), and run
+        k's batches are exactly `iter_batches(batch_size, shuffle=True, generator=generators[k], limit=limit)`'s."""
+        n = self.num_windows
+        orders = torch.stack([torch.randperm(n, generator=generator) for generator in generators]).to(self.device)
+        n_batches = math.ceil(n / batch_size) if limit is None else min(math.ceil(n / batch_size), limit)
+        for start in range(0, n_batches * batch_size, batch_size):
+            yield self._gather(orders[:, start:start + batch_size])
+
     def _gather(self, index: torch.Tensor) -> WindowBatch:
+        """The windows starting at `index` (any shape S): tensors of shape S + (rows, columns)."""
         # index_select on flattened row numbers is several times faster on the CPU than 2-D advanced indexing
-        batch, channels, features = index.shape[0], self.values.shape[1], self.marks.shape[1]
-        x_rows = (index[:, None] + self._x_offsets).reshape(-1)   # (B * seq_len,)
-        y_rows = (index[:, None] + self._y_offsets).reshape(-1)   # (B * pred_len,)
+        shape, channels, features = tuple(index.shape), self.values.shape[1], self.marks.shape[1]
+        x_rows = (index[..., None] + self._x_offsets).reshape(-1)   # (prod(S) * seq_len,)
+        y_rows = (index[..., None] + self._y_offsets).reshape(-1)   # (prod(S) * pred_len,)
         return WindowBatch(
-            self.values.index_select(0, x_rows).view(batch, self.seq_len, channels),
-            self.values.index_select(0, y_rows).view(batch, self.pred_len, channels),
-            self.marks.index_select(0, x_rows).view(batch, self.seq_len, features),
-            self.marks.index_select(0, y_rows).view(batch, self.pred_len, features),
+            self.values.index_select(0, x_rows).view(*shape, self.seq_len, channels),
+            self.values.index_select(0, y_rows).view(*shape, self.pred_len, channels),
+            self.marks.index_select(0, x_rows).view(*shape, self.seq_len, features),
+            self.marks.index_select(0, y_rows).view(*shape, self.pred_len, features),
         )
 
 
@@ -181,7 +192,7 @@ def load_forecast_data(dataset: DatasetFile, protocol: DataProtocol = DataProtoc
                        device: str | torch.device = "cpu") -> ForecastData:
     """`dataset` (from `resolve_dataset`, already found and hashed) under `protocol`, with the splits on `device`."""
     spec = dataset.spec
-    parsed = load_csv(dataset.path, dataset.sha256)
+    parsed = load_csv(dataset.path, dataset.sha256, spec.date_column)
     if protocol.target is None:
         protocol = dataclasses.replace(protocol, target=spec.target)
     columns = _input_columns(dataset, parsed, protocol)

@@ -20,6 +20,7 @@ from benchmarks.errors import DataError
 SplitRule = str  # "ett_hour", "ett_minute" or "ratio_<train>_<val>_<test>" in whole percent, e.g. "ratio_70_10_20"
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SPLIT_RULE = "ratio_70_10_20"
+DEFAULT_DATE_COLUMN = "date"  # TSLib's: every built-in file and every CSV given directly as `--dataset FILE.csv`
 USER_REGISTRY_ENV = "MIXBENCH_HOME"
 _RATIO_RULE = re.compile(r"ratio_(\d{1,2})_(\d{1,2})_(\d{1,2})")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -31,13 +32,14 @@ class DatasetSpec:
 
     name: str
     path: str                # built-in: relative to the data dir (and the Hugging Face repo); own data: absolute
-    n_channels: int          # value columns besides `date`
+    n_channels: int          # value columns besides the date column
     n_rows: int              # data rows (without the header)
     frequency: str           # sampling interval of the rows (pandas alias)
     split_rule: SplitRule
     sha256: str | None       # of the file as distributed or added; None where no reference hash is recorded
     description: str
     target: str = "OT"       # the column S/MS forecast and M puts last
+    date_column: str = DEFAULT_DATE_COLUMN   # the column of timestamps; only own data added with another differs
     source: Literal["builtin", "user", "file"] = "builtin"   # user: `mixbench data add`; file: `--dataset FILE.csv`
 
     @property

@@ -57,10 +57,13 @@ def _integers(text: str, option: str) -> list[int]:
               help="Check dataset files against the registry's sha256 (--no-verify runs on modified copies).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: the run's GPU share when it has one, else the CPU.")
+@click.option("--fuse/--no-fuse", default=None,
+              help="Train the seeds of a cell as one fused array (one process, one step for all seeds; results as "
+                   "if trained apart). Default: on GPUs, not on CPUs.")
 def benchmark(datasets: str, models: str, horizons: str, seeds: int, configs: str, suite: str, seq_len: int,
               epochs: int | None, limit_train_batches: int | None, limit_eval_batches: int | None,
               gpus_per_run: float | None, cpus_per_run: float, address: str | None, tracking_uri: str | None,
-              experiment: str, data_dir: str | None, verify: bool, device: str) -> None:
+              experiment: str, data_dir: str | None, verify: bool, device: str, fuse: bool | None) -> None:
     """Run the benchmark grid (datasets x models x horizons x seeds) as Ray tasks; log every run to MLflow.
 
     Cells already complete in the suite (same dataset, model, pred_len, seed and config_hash; FINISHED with
@@ -72,6 +75,7 @@ def benchmark(datasets: str, models: str, horizons: str, seeds: int, configs: st
       mixbench benchmark --datasets weather,ETTh1 --horizons 96,192,336,720 --seeds 3 --suite paper
       mixbench benchmark --datasets weather --models mixmamba --configs best --suite paper   # refit searches
       mixbench benchmark --datasets ETTh1 --models dlinear --horizons 96 --seeds 1 --epochs 1 --suite smoke
+      mixbench benchmark --datasets ETTh1 --models dlinear --horizons 96 --seeds 3 --epochs 1 --fuse --suite fused
     """
     # Imported here: Ray, MLflow and torch take seconds to import, which `mixbench benchmark --help` need not wait for.
     from benchmarks.grid.runner import BenchmarkConfig, run_benchmark
@@ -83,7 +87,7 @@ def benchmark(datasets: str, models: str, horizons: str, seeds: int, configs: st
         horizons=_integers(horizons, "--horizons"), seeds=seeds, configs=configs, suite=suite, seq_len=seq_len,
         epochs=epochs, limit_train_batches=limit_train_batches, limit_eval_batches=limit_eval_batches,
         gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, address=address, tracking_uri=tracking_uri,
-        experiment=experiment, data_dir=data_dir, verify=verify, device=device,
+        experiment=experiment, data_dir=data_dir, verify=verify, device=device, fuse=fuse,
     )
     outcome = run_benchmark(config, echo=lambda line: click.echo(line, err=True))
     click.echo(f"suite {outcome.suite}: {len(outcome.logged)} runs logged, {len(outcome.skipped)} skipped as "

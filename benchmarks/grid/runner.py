@@ -24,6 +24,7 @@ from benchmarks.tracking.queries import search_benchmark_runs
 from benchmarks.tracking.store import TrackingStore
 from benchmarks.training.callbacks import ExperimentResult, capped_test_note
 from benchmarks.training.engine import run_experiment
+from benchmarks.training.fused_engine import fusion_key, run_fused
 from benchmarks.worker_share import WorkerShare
 
 FIRST_SEED = 2021  # Time-Series-Library's fixed seed; --seeds N runs FIRST_SEED .. FIRST_SEED + N - 1
@@ -38,6 +39,8 @@ class BenchmarkConfig:
     configs: "default" (recipe defaults), "best" (the latest finished search per cell) or a YAML file path.
     epochs / limit_*: training overrides applied on top of every config (they change its config_hash).
     gpus_per_run None: 0.25 when the Ray cluster has GPUs, else 0. device: auto, cpu or cuda.
+    fuse: train the seeds of one cell as one fused training array (one process, one step for all seeds); None: on
+    GPUs only (on a CPU one vectorised step costs about as much as the separate ones).
     """
 
     datasets: list[str]
@@ -58,6 +61,7 @@ class BenchmarkConfig:
     data_dir: str | None = None
     verify: bool = True
     device: str = "auto"
+    fuse: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -177,19 +181,37 @@ def complete_cells(store: TrackingStore, experiment: str, suite: str) -> set[tup
     }
 
 
-def run_cell(experiment: Experiment, share: WorkerShare) -> tuple[ExperimentResult, dict[str, bytes]]:
-    """The Ray task: train and test one cell; returns the result and its artifact files (path -> bytes).
+def run_cells(experiments: list[Experiment], share: WorkerShare,
+              fuse: bool) -> list[tuple[ExperimentResult | str, dict[str, bytes]]]:
+    """The Ray task: train and test the seeds of one cell (one fused array when `fuse` and there are several);
+    per experiment, its result and artifact files (path -> bytes), or the error line of a run that diverged.
 
     Artifacts travel as bytes because on a cluster the task's disk is not the driver's.
     """
     share.apply()
     with tempfile.TemporaryDirectory(prefix="mixbench-benchmark-") as directory:
-        result = run_experiment(experiment, artifact_dir=Path(directory))
-        files = {
-            str(path.relative_to(directory)): path.read_bytes()
-            for path in sorted(Path(directory).rglob("*")) if path.is_file()
-        }
-    return result, files
+        folders = [Path(directory) / str(index) for index in range(len(experiments))]
+        if fuse and len(experiments) > 1:
+            results = run_fused(experiments, artifact_dirs=folders)
+        else:
+            results = [run_experiment(experiment, artifact_dir=folder)
+                       for experiment, folder in zip(experiments, folders)]
+        return [(result, _files(folder)) if isinstance(result, ExperimentResult) else (_first_line(result), {})
+                for result, folder in zip(results, folders)]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _cell_groups(cells: list[Cell], fuse: bool) -> list[list[Cell]]:
+    """The cells each Ray task runs: the seeds of one config together when fusing (equal fusion keys), else one."""
+    if not fuse:
+        return [[cell] for cell in cells]
+    groups: dict[tuple[str, str | None], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((fusion_key(cell.experiment), cell.display_name), []).append(cell)
+    return list(groups.values())
 
 
 def _log(result: ExperimentResult, files: dict[str, bytes], cell: Cell, config: BenchmarkConfig,
@@ -246,34 +268,50 @@ def run_benchmark(config: BenchmarkConfig, echo: Callable[[str], None] = print) 
     started = connect(config.address)
     try:
         gpus, device = _resources(config)
-        echo(f"each run reserves {gpus:g} GPU and {config.cpus_per_run:g} CPU and trains on {device}")
+        fuse = config.fuse if config.fuse is not None else device == "cuda"
+        groups = _cell_groups(todo, fuse)
+        echo(f"each run reserves {gpus:g} GPU and {config.cpus_per_run:g} CPU and trains on {device}"
+             + (f"; the seeds of a cell train as one fused array ({len(groups)} arrays)" if fuse else ""))
         share = WorkerShare(cpus=config.cpus_per_run, gpus=gpus)
-        task = ray.remote(run_cell)
+        task = ray.remote(run_cells)
         pending = {
             task.options(num_cpus=share.cpus, num_gpus=share.gpus).remote(
-                replace(cell.experiment, device=device), share): cell
-            for cell in todo
+                [replace(cell.experiment, device=device) for cell in group], share, fuse): group
+            for group in groups
         }
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
-            cell = pending.pop(ready[0])
-            position = len(outcome.logged) + len(outcome.failed) + 1
+            group = pending.pop(ready[0])
             try:
-                result, files = ray.get(ready[0])
-                run_id = _log(result, files, cell, config, store)
+                outcomes = ray.get(ready[0])
             except Exception as error:  # noqa: BLE001 - one failed cell must not stop the others
-                message = _first_line(error)
-                outcome.failed.append((cell, message))
-                echo(f"[{position}/{len(todo)}] FAILED {cell.describe()}: {message}")
-                continue
-            outcome.logged.append((cell, run_id))
-            echo(f"[{position}/{len(todo)}] {cell.describe()}: test MSE {result.test_mse:.4f} "
-                 f"MAE {result.test_mae:.4f}{capped_test_note(result.test_windows, result.test_windows_total)} "
-                 f"(run {run_id})")
+                outcomes = [(_first_line(error), {})] * len(group)
+            for cell, (result, files) in zip(group, outcomes):
+                _report(cell, result, files, config, store, outcome, len(todo), echo)
     finally:
         if started:
             ray.shutdown()
     return outcome
+
+
+def _report(cell: Cell, result: ExperimentResult | str, files: dict[str, bytes], config: BenchmarkConfig,
+            store: TrackingStore, outcome: BenchmarkOutcome, total: int, echo: Callable[[str], None]) -> None:
+    """Log one finished cell (or record its failure) and print its line."""
+    position = len(outcome.logged) + len(outcome.failed) + 1
+    message = result if isinstance(result, str) else None
+    if message is None:
+        try:
+            run_id = _log(result, files, cell, config, store)
+        except Exception as error:  # noqa: BLE001 - one failed cell must not stop the others
+            message = _first_line(error)
+    if message is not None:
+        outcome.failed.append((cell, message))
+        echo(f"[{position}/{total}] FAILED {cell.describe()}: {message}")
+        return
+    outcome.logged.append((cell, run_id))
+    echo(f"[{position}/{total}] {cell.describe()}: test MSE {result.test_mse:.4f} "
+         f"MAE {result.test_mae:.4f}{capped_test_note(result.test_windows, result.test_windows_total)} "
+         f"(run {run_id})")
 
 
 def _first_line(error: BaseException) -> str:

@@ -11,7 +11,8 @@ from benchmarks.models.registry import builtin_recipe
 
 
 def mixmamba() -> ModelPlugin:
-    return _plugin("mixmamba", "MixMamba", "mixmamba", "MixMambaConfig", "MixMamba")
+    # MixMamba's dropout feeds only nn.Dropout modules; the transformers' also feeds their attention kernel.
+    return _plugin("mixmamba", "MixMamba", "mixmamba", "MixMambaConfig", "MixMamba", member_fields=("dropout",))
 
 
 def patchtst() -> ModelPlugin:
@@ -26,7 +27,8 @@ def dlinear() -> ModelPlugin:
     return _plugin("dlinear", "DLinear", "baselines", "DLinearConfig", "DLinear")
 
 
-def _plugin(name: str, label: str, module_name: str, config_name: str, model_name: str) -> ModelPlugin:
+def _plugin(name: str, label: str, module_name: str, config_name: str, model_name: str,
+            member_fields: tuple[str, ...] = ()) -> ModelPlugin:
     module = importlib.import_module(module_name)
     return ModelPlugin(name=name, config_class=getattr(module, config_name), model_class=getattr(module, model_name),
-                       label=label, recipe=builtin_recipe(name))
+                       label=label, recipe=builtin_recipe(name), member_fields=member_fields)

@@ -32,7 +32,10 @@ class ModelPlugin:
     (B, seq_len, enc_in), x_mark (B, seq_len, F) or None, forecast (B, pred_len, enc_in), aux_loss a 0-dim tensor;
     label: the model's column in tables (default: the name); recipe: the layout of a `models.<name>` section of
     benchmarks/models/recipes.yaml (`defaults:` and `datasets:`, each with model/train/seq_len); space: a search-space
-    YAML file (`model:` / `train:` sections) used by `mixbench search` when no `--space` is given.
+    YAML file (`model:` / `train:` sections) used by `mixbench search` when no `--space` is given;
+    member_fields: config fields that may differ between the members of one fused training array because they only
+    set the rates of the model's nn.Dropout modules (a fused array gives each member its own rates); every other
+    field must be equal within an array.
     """
 
     name: str
@@ -41,6 +44,7 @@ class ModelPlugin:
     label: str = ""
     recipe: Mapping[str, Any] | None = None
     space: Path | str | None = None
+    member_fields: tuple[str, ...] = ()
 
     @property
     def display_name(self) -> str:
@@ -112,6 +116,9 @@ def _problem(name: str, plugin: Any) -> str:
             check_recipe(plugin.recipe, "its recipe")
         except ValueError as error:
             return str(error)
+    unknown = set(plugin.member_fields) - {field.name for field in dataclasses.fields(config_class)}
+    if unknown:
+        return f"member_fields {sorted(unknown)} are not fields of {config_class.__name__}"
     if plugin.space is not None and not Path(plugin.space).is_file():
         return f"its space file {plugin.space} does not exist"
     return ""

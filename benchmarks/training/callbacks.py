@@ -78,6 +78,23 @@ def capped_test_note(windows: int, total: int) -> str:
     return "" if is_test_complete(windows, total) else f" (CAPPED TEST: {windows} of {total} test windows)"
 
 
+class StopTraining(Exception):
+    """Raised by a callback's `on_epoch` to end its run after that epoch, as if early stopping had fired (a search's
+    scheduler pruning a trial): the run keeps its best weights, is tested and ends normally. The other callbacks
+    still get that epoch."""
+
+
+def notify_epoch(callbacks: Sequence[TrainingCallback], report: EpochReport) -> bool:
+    """Calls every callback's on_epoch; whether one of them asked to stop (StopTraining)."""
+    stop = False
+    for callback in callbacks:
+        try:
+            callback.on_epoch(report)
+        except StopTraining:
+            stop = True
+    return stop
+
+
 class TrainingCallback:
     """Override what you need; every hook defaults to doing nothing. An exception raised from a hook stops training
     and propagates (after `on_failure` of every callback)."""

@@ -12,7 +12,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ from benchmarks.data.protocol import ForecastData, load_forecast_data
 from benchmarks.errors import SettingError
 from benchmarks.experiment import Experiment
 from benchmarks.training.artifacts import write_artifacts
-from benchmarks.training.callbacks import EpochReport, ExperimentResult, TrainingCallback
+from benchmarks.training.callbacks import EpochReport, ExperimentResult, TrainingCallback, notify_epoch
 from benchmarks.training.config import TrainConfig
-from benchmarks.training.evaluation import evaluate, target_channels
+from benchmarks.training.evaluation import Score, evaluate, target_channels
 from benchmarks.training.step import TrainStep, make_optimizer
 
 # torch.compile mode for TrainConfig.compile. Not "reduce-overhead": the engine captures the whole step (optimiser
@@ -68,7 +68,7 @@ def run_experiment(experiment: Experiment, *, callbacks: Sequence[TrainingCallba
     """
     started_at = time.time()
     device = resolve_device(experiment.device)
-    _seed_everything(experiment.seed)
+    seed_everything(experiment.seed)
     data = load_forecast_data(experiment.data, experiment.protocol, device=device)
     model = experiment.build_model().to(device)
     try:
@@ -76,19 +76,20 @@ def run_experiment(experiment: Experiment, *, callbacks: Sequence[TrainingCallba
         if resume_state is not None:
             training.load_state(resume_state)
         for callback in callbacks:
-            callback.on_start(experiment, tuple(training.history))
+            callback.on_start(experiment, tuple(training.tracker.history))
         training.fit(callbacks)
         model.load_state_dict(training.best_weights)
         train = experiment.train
-        with _naming_out_of_memory(experiment, device, f"the test after epoch {training.epoch}"):
+        with naming_out_of_memory(experiment, device, f"the test after epoch {training.epoch}"):
             test = evaluate(model, data.test, features=experiment.protocol.features, batch_size=train.batch_size,
                             limit=train.limit_eval_batches, bf16=train.bf16, seed=experiment.seed,
                             collect_routing=True)
         artifact_dir = Path(artifact_dir) if artifact_dir is not None else Path(tempfile.mkdtemp(prefix="mixbench-"))
         write_artifacts(artifact_dir, experiment, model, data, test.windows, test.routing)
         result = ExperimentResult(
-            experiment=experiment, best_epoch=training.best_epoch, best_val_loss=training.best_val_loss,
-            epochs_run=training.epoch, test_mse=test.mse, test_mae=test.mae, history=tuple(training.history),
+            experiment=experiment, best_epoch=training.tracker.best_epoch,
+            best_val_loss=training.tracker.best_val_loss, epochs_run=training.epoch, test_mse=test.mse,
+            test_mae=test.mae, history=tuple(training.tracker.history),
             artifact_dir=artifact_dir, test_windows=test.windows, test_windows_total=test.total,
             started_at=started_at, ended_at=time.time(),
         )
@@ -101,8 +102,72 @@ def run_experiment(experiment: Experiment, *, callbacks: Sequence[TrainingCallba
     return result
 
 
+class EpochTracker:
+    """One run's epoch bookkeeping: the learning-rate schedule, early stopping (TSLib's EarlyStopping, where a tie
+    counts as an improvement) and the history. Shared by the single-run and the fused engine."""
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self.config = experiment.train
+        self.epoch = 0
+        self.learning_rate = self.config.learning_rate
+        self.best_val_loss = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.stopped = False
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def finished(self) -> bool:
+        """Early stopping fired or every epoch is done."""
+        return self.stopped or self.epoch >= self.config.epochs
+
+    def end_epoch(self, epoch: int, train_loss: float, score: Score, seconds: float, samples_per_s: float,
+                  state: Callable[[], dict[str, Any]]) -> tuple[EpochReport, bool]:
+        """Records epoch `epoch`'s validation `score`: (the report for callbacks, whether it is the best so far).
+        Raises NonFiniteLossError when the run diverged."""
+        val_loss = score.mse if self.config.watched_metric == "mse" else score.mae
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            experiment = self.experiment
+            raise NonFiniteLossError(
+                f"{experiment.model} on {experiment.dataset} diverged at epoch {epoch} (train loss {train_loss}, "
+                f"validation loss {val_loss}); lower {{setting}} (now {self.learning_rate:g})",
+                setting="train.learning_rate")
+        used_learning_rate = self.learning_rate
+        improved = val_loss <= self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+        else:
+            self.bad_epochs += 1
+            self.stopped = self.bad_epochs >= self.config.patience
+        self.epoch = epoch
+        if not self.stopped:
+            self.learning_rate = scheduled_learning_rate(self.config, epoch)
+        report = EpochReport(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_mse=score.mse,
+                             val_mae=score.mae, best_val_loss=self.best_val_loss, learning_rate=used_learning_rate,
+                             seconds=seconds, samples_per_s=samples_per_s, state=state)
+        self.history.append(report.row())
+        return report, improved
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "scheduler": {"learning_rate": self.learning_rate},
+                "early_stopping": {"best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
+                                   "bad_epochs": self.bad_epochs, "stopped": self.stopped},
+                "history": copy.deepcopy(self.history)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.learning_rate = float(state["scheduler"]["learning_rate"])
+        stopping = state["early_stopping"]
+        self.best_val_loss = float(stopping["best_val_loss"])
+        self.best_epoch = int(stopping["best_epoch"])
+        self.bad_epochs = int(stopping["bad_epochs"])
+        self.stopped = bool(stopping["stopped"])
+        self.history = copy.deepcopy(list(state["history"]))
+
+
 class _Training:
-    """The mutable state of one training run: model, optimiser, learning rate, early stopping, RNGs, history."""
+    """The mutable state of one training run: model, optimiser, epoch bookkeeping, best weights, RNGs."""
 
     def __init__(self, experiment: Experiment, model: nn.Module, data: ForecastData, device: torch.device) -> None:
         self.experiment = experiment
@@ -118,54 +183,33 @@ class _Training:
                               self.config.batch_size,
                               forward=self.forward, bf16=self.config.bf16, cuda_graph=device.type == "cuda")
         self.generator = torch.Generator().manual_seed(experiment.seed)
-        self.epoch = 0
-        self.learning_rate = self.config.learning_rate
-        self.best_val_loss = math.inf
-        self.best_epoch = 0
-        self.bad_epochs = 0
-        self.stopped = False
-        self.best_weights = _clone(model.state_dict())
-        self.history: list[dict[str, float]] = []
+        self.tracker = EpochTracker(experiment)
+        self.best_weights = clone_tensors(model.state_dict())
+
+    @property
+    def epoch(self) -> int:
+        return self.tracker.epoch
 
     def fit(self, callbacks: Sequence[TrainingCallback]) -> None:
-        """Train until `epochs` are done or validation loss has not improved for `patience` epochs."""
-        while self.epoch < self.config.epochs and not self.stopped:
-            epoch = self.epoch + 1
+        """Train until `epochs` are done, validation loss has not improved for `patience` epochs or a callback
+        raised StopTraining."""
+        while not self.tracker.finished:
+            epoch = self.tracker.epoch + 1
             start = time.perf_counter()
-            with _naming_out_of_memory(self.experiment, self.device, f"epoch {epoch} (training)"):
+            with naming_out_of_memory(self.experiment, self.device, f"epoch {epoch} (training)"):
                 train_loss, samples = self._train_one_epoch(epoch, callbacks)
             train_seconds = time.perf_counter() - start
-            with _naming_out_of_memory(self.experiment, self.device, f"epoch {epoch} (validation)"):
+            with naming_out_of_memory(self.experiment, self.device, f"epoch {epoch} (validation)"):
                 score = evaluate(self.forward, self.data.val, features=self.features,
                                  batch_size=self.config.batch_size, limit=self.config.limit_eval_batches,
                                  bf16=self.config.bf16)
-            val_mse, val_mae = score.mse, score.mae
-            val_loss = val_mse if self.config.watched_metric == "mse" else val_mae
-            seconds = time.perf_counter() - start
-            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-                experiment = self.experiment
-                raise NonFiniteLossError(
-                    f"{experiment.model} on {experiment.dataset} diverged at epoch {epoch} (train loss {train_loss}, "
-                    f"validation loss {val_loss}); lower {{setting}} (now {self.learning_rate:g})",
-                    setting="train.learning_rate")
-            used_learning_rate = self.learning_rate
-            # TSLib's EarlyStopping counts a tie as an improvement (it only counts score < best_score).
-            if val_loss <= self.best_val_loss:
-                self.best_val_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
-                self.best_weights = _clone(self.model.state_dict())
-            else:
-                self.bad_epochs += 1
-                self.stopped = self.bad_epochs >= self.config.patience
-            self.epoch = epoch
-            if not self.stopped:
-                self._set_learning_rate(scheduled_learning_rate(self.config, epoch))
-            report = EpochReport(epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_mse=val_mse,
-                                 val_mae=val_mae, best_val_loss=self.best_val_loss,
-                                 learning_rate=used_learning_rate, seconds=seconds,
-                                 samples_per_s=samples / train_seconds, state=self.state)
-            self.history.append(report.row())
-            for callback in callbacks:
-                callback.on_epoch(report)
+            report, improved = self.tracker.end_epoch(epoch, train_loss, score, time.perf_counter() - start,
+                                                      samples / train_seconds, self.state)
+            if improved:
+                self.best_weights = clone_tensors(self.model.state_dict())
+            self._set_learning_rate(self.tracker.learning_rate)
+            if notify_epoch(callbacks, report):
+                self.tracker.stopped = True
 
     def _train_one_epoch(self, epoch: int, callbacks: Sequence[TrainingCallback]) -> tuple[float, int]:
         """One pass over the shuffled training windows; (mean batch loss incl. aux loss, windows seen)."""
@@ -190,7 +234,6 @@ class _Training:
         return (total / batches).item(), samples
 
     def _set_learning_rate(self, learning_rate: float) -> None:
-        self.learning_rate = learning_rate
         for group in self.optimizer.param_groups:
             if torch.is_tensor(group["lr"]):
                 group["lr"].fill_(learning_rate)  # in place: a captured CUDA step reads this memory
@@ -200,14 +243,10 @@ class _Training:
     def state(self) -> dict[str, Any]:
         """A checkpoint of everything `load_state` needs; plain tensors and containers (torch.load weights_only)."""
         return {
-            "epoch": self.epoch,
-            "model": _clone(self.model.state_dict(), "cpu"),
-            "best_model": _clone(self.best_weights, "cpu"),
-            "optimizer": _clone(self.optimizer.state_dict(), "cpu"),
-            "scheduler": {"learning_rate": self.learning_rate},
-            "early_stopping": {"best_val_loss": self.best_val_loss, "best_epoch": self.best_epoch,
-                               "bad_epochs": self.bad_epochs, "stopped": self.stopped},
-            "history": copy.deepcopy(self.history),
+            **self.tracker.state(),
+            "model": clone_tensors(self.model.state_dict(), "cpu"),
+            "best_model": clone_tensors(self.best_weights, "cpu"),
+            "optimizer": clone_tensors(self.optimizer.state_dict(), "cpu"),
             "rng": _rng_state(self.generator),
         }
 
@@ -218,20 +257,14 @@ class _Training:
         for group in self.optimizer.param_groups:
             if torch.is_tensor(group["lr"]):  # the checkpoint holds it on the CPU; the fused CUDA step reads it there
                 group["lr"] = group["lr"].to(self.device)
-        self.best_weights = _clone(state["best_model"], self.device)
-        self.epoch = int(state["epoch"])
-        self._set_learning_rate(float(state["scheduler"]["learning_rate"]))
-        stopping = state["early_stopping"]
-        self.best_val_loss = float(stopping["best_val_loss"])
-        self.best_epoch = int(stopping["best_epoch"])
-        self.bad_epochs = int(stopping["bad_epochs"])
-        self.stopped = bool(stopping["stopped"])
-        self.history = copy.deepcopy(list(state["history"]))
+        self.best_weights = clone_tensors(state["best_model"], self.device)
+        self.tracker.load_state(state)
+        self._set_learning_rate(self.tracker.learning_rate)
         _load_rng_state(state["rng"], self.generator)
 
 
 @contextmanager
-def _naming_out_of_memory(experiment: Experiment, device: torch.device, where: str) -> Iterator[None]:
+def naming_out_of_memory(experiment: Experiment, device: torch.device, where: str) -> Iterator[None]:
     """Turns torch.OutOfMemoryError raised inside into GpuOutOfMemoryError naming the run and `where`."""
     try:
         yield
@@ -263,7 +296,7 @@ def scheduled_learning_rate(config: TrainConfig, epoch: int) -> float:
     return config.learning_rate
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -299,13 +332,13 @@ def _as_tuples(value: Any) -> Any:
     return tuple(_as_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
-def _clone(value: Any, device: torch.device | str | None = None) -> Any:
+def clone_tensors(value: Any, device: torch.device | str | None = None) -> Any:
     """A deep copy of nested dicts/lists/tuples of tensors, detached, optionally moved to `device`."""
     if torch.is_tensor(value):
         copied = value.detach().clone()
         return copied.to(device) if device is not None else copied
     if isinstance(value, dict):
-        return type(value)((key, _clone(item, device)) for key, item in value.items())
+        return type(value)((key, clone_tensors(item, device)) for key, item in value.items())
     if isinstance(value, (list, tuple)):
-        return type(value)(_clone(item, device) for item in value)
+        return type(value)(clone_tensors(item, device) for item in value)
     return copy.deepcopy(value)

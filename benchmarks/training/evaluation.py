@@ -11,6 +11,8 @@ from torch import nn
 
 from benchmarks.data.protocol import WindowedSplit
 from benchmarks.errors import SettingError
+from benchmarks.training.member_stack import MemberStack
+from benchmarks.training.step import at_least_float32
 
 ROUTING_NAMES = ("expert_share", "first_choice_share", "dropped_token_rate")
 
@@ -66,7 +68,7 @@ def evaluate(model: nn.Module | Callable[..., tuple[torch.Tensor, torch.Tensor]]
         for batch in split.iter_batches(batch_size, limit=limit):
             forward = model if batch.x.shape[0] == batch_size else module
             forecast, _ = forward(batch.x, batch.x_mark)  # (B, pred_len, C_in)
-            error = forecast[..., target].float() - batch.y[..., target]
+            error = at_least_float32(forecast[..., target]) - batch.y[..., target]
             squared += error.square().sum(dtype=torch.float64)
             absolute += error.abs().sum(dtype=torch.float64)
             count += error.numel()
@@ -78,6 +80,39 @@ def evaluate(model: nn.Module | Callable[..., tuple[torch.Tensor, torch.Tensor]]
                            "larger limit", setting="train.limit_eval_batches")
     mse, mae = (torch.stack([squared, absolute]) / count).tolist()
     return Score(mse, mae, windows, split.num_windows, routing.summary() if routing is not None else None)
+
+
+def evaluate_members(stack: MemberStack, split: WindowedSplit, *, features: str, batch_size: int,
+                     generators: list[torch.Generator], limit: int | None = None, bf16: bool = False,
+                     collect_routing: bool = False) -> list[Score]:
+    """`evaluate` for every member of `stack` at once, each batch read once and shared by all members; member k
+    draws its random inputs from generators[k] (as its model alone would from the global generator)."""
+    device = next(iter(stack.params.values())).device
+    target = target_channels(features)
+    stack.train(False)
+    members = stack.size
+    squared = torch.zeros(members, dtype=torch.float64, device=device)
+    absolute = torch.zeros(members, dtype=torch.float64, device=device)
+    count = windows = 0
+    tallies = [_RoutingTally() for _ in range(members)] if collect_routing and stack.reports_routing else None
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        for batch in split.iter_batches(batch_size, limit=limit):
+            draws = stack.draw(batch.x.shape[0], generators)
+            forecast, _, routing = stack.forward(batch.x, batch.x_mark, draws, shared_input=True,
+                                                 with_routing=tallies is not None)  # (K, B, pred_len, C_in)
+            error = at_least_float32(forecast[..., target]) - batch.y[..., target]
+            squared += error.square().sum(dim=(1, 2, 3), dtype=torch.float64)
+            absolute += error.abs().sum(dim=(1, 2, 3), dtype=torch.float64)
+            count += error[0].numel()
+            windows += batch.x.shape[0]
+            for member, tally in enumerate(tallies or ()):
+                tally.add({name: value[member] for name, value in routing.items()}, batch.x.shape[0])
+    if count == 0:
+        raise SettingError(f"a split has no windows to evaluate ({{setting}}={limit}); use shorter windows or a "
+                           "larger limit", setting="train.limit_eval_batches")
+    mse, mae = (torch.stack([squared, absolute]) / count).tolist()
+    return [Score(mse[k], mae[k], windows, split.num_windows, tallies[k].summary() if tallies else None)
+            for k in range(members)]
 
 
 class _RoutingTally:

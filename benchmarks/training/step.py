@@ -3,13 +3,15 @@ CUDA graph on a GPU."""
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from benchmarks.data.protocol import WindowBatch
 from benchmarks.training.config import TrainConfig
+from benchmarks.training.member_stack import MemberStack
+from benchmarks.training.stacked_adam import StackedAdam
 
 logger = logging.getLogger(__name__)
 
@@ -30,33 +32,26 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) 
     return optimizer_class(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
-class TrainStep:
-    """One training step on a batch: forward, forecast loss plus auxiliary loss, backward, optimiser step.
+class CapturedStep:
+    """A training step (forward, loss, backward, optimiser step) that replays as one CUDA graph for full batches.
 
-    loss: "mse" or "mae" over the `target` output channels. forward: the callable to train through (e.g. the
-    torch.compile'd model; default `model`). No host synchronisation: the loss stays on the device.
-
-    With `cuda_graph`, full batches (`batch_size` windows) replay one CUDA graph of the whole step, optimiser
-    included: one launch per step instead of the hundreds of small kernels Python would issue, which is what bounds
-    these models on a GPU. The first GRAPH_WARMUP_STEPS full batches run eagerly on a side stream, as
-    torch.cuda.graphs prescribes: they create the optimiser state, library workspaces and compiled code, none of
-    which a capture may do. A batch of another size (each epoch's last, partial one) runs eagerly through the
-    uncompiled model: a shape seen once per epoch is cheaper to run than to capture or compile. If the capture
-    fails, the step logs why (`capture_error`) and stays eager.
+    Subclasses say what the loss is (`_loss`); this class owns the graph. With `cuda_graph`, full batches replay
+    one CUDA graph of the whole step, optimiser included: one launch per step instead of the hundreds of small
+    kernels Python would issue, which is what bounds these models on a GPU. The first GRAPH_WARMUP_STEPS full
+    batches run eagerly on a side stream, as torch.cuda.graphs prescribes: they create the optimiser state, library
+    workspaces and compiled code, none of which a capture may do. A batch of another size (each epoch's last,
+    partial one) runs eagerly: a shape seen once per epoch is cheaper to run than to capture or compile. If the
+    capture fails, the step logs why (`capture_error`) and stays eager. No host synchronisation: losses stay on
+    the device.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: str, target: slice,
-                 batch_size: int, *, forward: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 bf16: bool = False, cuda_graph: bool = False) -> None:
-        self.model = model
-        self.forward = forward if forward is not None else model
+    batch_dim = 0  # the dim of the first input that counts a batch's windows
+
+    def __init__(self, optimizer: Any, batch_size: int, device: torch.device, *, cuda_graph: bool = False) -> None:
         self.optimizer = optimizer
-        self.criterion = nn.MSELoss() if loss == "mse" else nn.L1Loss()
-        self.target = target
         self.batch_size = batch_size
-        self.bf16 = bf16
-        self.device = next(model.parameters()).device
-        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self.device = device
+        self.cuda_graph = cuda_graph and device.type == "cuda"
         self.capture_error: str | None = None
         self._warmup_left = GRAPH_WARMUP_STEPS
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -69,61 +64,62 @@ class TrainStep:
         """Whether full batches now replay a captured CUDA graph."""
         return self._graph is not None
 
-    def __call__(self, batch: WindowBatch) -> torch.Tensor:
-        """The batch's training loss, 0-dim on the device. A graphed step returns the same tensor each time, which
-        the next step overwrites: use it before then (adding it to a running total is enough)."""
-        if batch.x.shape[0] != self.batch_size:
-            return self._eager(self.model, batch.x, batch.y, batch.x_mark)
+    def reset(self) -> None:
+        """Forget the captured graph (the parameters or input shapes changed); the next full batches warm up and
+        capture again."""
+        self._graph, self._static_inputs, self._static_loss = None, (), None
+        self._warmup_left = GRAPH_WARMUP_STEPS
+
+    def _loss(self, inputs: tuple[torch.Tensor, ...], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to differentiate, the loss to report) of a batch; `full`: a batch of `batch_size` windows."""
+        raise NotImplementedError
+
+    def _run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The reported loss of one step on `inputs` (batch first in inputs[0]'s `batch_dim`). A graphed step returns
+        the same tensor each time, which the next step overwrites: use it before then (adding it to a running total
+        is enough)."""
+        if inputs[0].shape[self.batch_dim] != self.batch_size:
+            return self._eager(inputs, full=False)
         if not self.cuda_graph:
-            return self._eager(self.forward, batch.x, batch.y, batch.x_mark)
+            return self._eager(inputs, full=True)
         if self._graph is None:
             if self._warmup_left > 0:
                 self._warmup_left -= 1
-                return self._eager_on_side_stream(batch)
-            self._capture(batch)
+                return self._eager_on_side_stream(inputs)
+            self._capture(inputs)
             if self._graph is None:
-                return self._eager(self.forward, batch.x, batch.y, batch.x_mark)
-        for static, fresh in zip(self._static_inputs, (batch.x, batch.y, batch.x_mark)):
+                return self._eager(inputs, full=True)
+        for static, fresh in zip(self._static_inputs, inputs):
             static.copy_(fresh)
         self._graph.replay()
         return self._static_loss
 
-    def _loss(self, forward: Callable[..., tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, y: torch.Tensor,
-              x_mark: torch.Tensor) -> torch.Tensor:
-        # No autocast weight cache: cached casts must not outlive a graph capture (torch.cuda.graphs docs).
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            forecast, aux_loss = forward(x, x_mark)  # (B, pred_len, C_in), ()
-        return self.criterion(forecast[..., self.target].float(), y[..., self.target]) + aux_loss.float()
-
-    def _eager(self, forward: Callable[..., tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, y: torch.Tensor,
-               x_mark: torch.Tensor) -> torch.Tensor:
-        if forward is not self.model:
-            torch.compiler.cudagraph_mark_step_begin()  # a new iteration for a "reduce-overhead" compiled model
+    def _eager(self, inputs: tuple[torch.Tensor, ...], full: bool) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._loss(forward, x, y, x_mark)
+        loss, reported = self._loss(inputs, full)
         loss.backward()
         self.optimizer.step()
-        return loss.detach()
+        return reported.detach()
 
-    def _eager_on_side_stream(self, batch: WindowBatch) -> torch.Tensor:
+    def _eager_on_side_stream(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if self._side_stream is None:
             self._side_stream = torch.cuda.Stream(self.device)
         main = torch.cuda.current_stream(self.device)
         self._side_stream.wait_stream(main)
         with torch.cuda.stream(self._side_stream):
-            loss = self._eager(self.forward, batch.x, batch.y, batch.x_mark)
+            loss = self._eager(inputs, full=True)
         main.wait_stream(self._side_stream)
         return loss
 
-    def _capture(self, batch: WindowBatch) -> None:
-        self._static_inputs = tuple(t.clone() for t in (batch.x, batch.y, batch.x_mark))
+    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        self._static_inputs = tuple(t.clone() for t in inputs)
         # Gradients set to None now are allocated inside the capture, from the graph's own memory pool.
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         try:
             # thread_local: Ray Tune trains in a worker thread; other threads' CUDA calls must not void the capture.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                loss = self._loss(self.forward, *self._static_inputs)
+                loss, reported = self._loss(self._static_inputs, full=True)
                 loss.backward()
                 self.optimizer.step()
         except RuntimeError as error:
@@ -133,4 +129,90 @@ class TrainStep:
             logger.warning("CUDA graph capture of the training step failed, training eagerly: %s",
                            self.capture_error)
             return
-        self._graph, self._static_loss = graph, loss.detach()
+        self._graph, self._static_loss = graph, reported.detach()
+
+
+class TrainStep(CapturedStep):
+    """One training step of one model on a batch: forward, forecast loss plus auxiliary loss, backward, optimiser
+    step (see CapturedStep for the CUDA graph).
+
+    loss: "mse" or "mae" over the `target` output channels. forward: the callable to train through full batches
+    with (e.g. the torch.compile'd model; default `model`); partial batches go through `model`, so nothing
+    recompiles.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: str, target: slice,
+                 batch_size: int, *, forward: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 bf16: bool = False, cuda_graph: bool = False) -> None:
+        super().__init__(optimizer, batch_size, next(model.parameters()).device, cuda_graph=cuda_graph)
+        self.model = model
+        self.forward = forward if forward is not None else model
+        self.criterion = nn.MSELoss() if loss == "mse" else nn.L1Loss()
+        self.target = target
+        self.bf16 = bf16
+
+    def __call__(self, batch: WindowBatch) -> torch.Tensor:
+        """The batch's training loss, 0-dim on the device (see CapturedStep._run on reusing it)."""
+        return self._run((batch.x, batch.y, batch.x_mark))
+
+    def _loss(self, inputs: tuple[torch.Tensor, ...], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, x_mark = inputs
+        forward = self.forward if full else self.model
+        if forward is not self.model:
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration for a "reduce-overhead" compiled model
+        # No autocast weight cache: cached casts must not outlive a graph capture (torch.cuda.graphs docs).
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            forecast, aux_loss = forward(x, x_mark)  # (B, pred_len, C_in), ()
+        loss = self.criterion(at_least_float32(forecast[..., self.target]), y[..., self.target])
+        loss = loss + at_least_float32(aux_loss)
+        return loss, loss
+
+
+class FusedTrainStep(CapturedStep):
+    """One training step of every member of a MemberStack at once: each member's forecast loss ("mse" or "mae",
+    per member) plus its auxiliary loss; backward through their sum, which gives each member exactly its own
+    gradient, and one StackedAdam step (see CapturedStep for the CUDA graph).
+
+    Batches are (K, B, ...): one batch per member. The step returns the members' losses, (K,) on the device.
+    """
+
+    batch_dim = 1
+
+    def __init__(self, stack: MemberStack, optimizer: StackedAdam, losses: list[str], target: slice,
+                 batch_size: int, *, bf16: bool = False, cuda_graph: bool = False) -> None:
+        device = next(iter(stack.params.values())).device
+        super().__init__(optimizer, batch_size, device, cuda_graph=cuda_graph)
+        self.stack = stack
+        self.mae_members = torch.tensor([loss == "mae" for loss in losses], device=device)
+        self.target = target
+        self.bf16 = bf16
+        self._draw_names: tuple[str, ...] = ()
+
+    def __call__(self, batch: WindowBatch, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Every member's training loss on its batch, (K,); `draws`: the members' random inputs (MemberStack.draw)."""
+        self._draw_names = tuple(draws)
+        return self._run((batch.x, batch.y, batch.x_mark, *draws.values()))
+
+    def keep(self, members: torch.Tensor) -> None:
+        """Keep only the members at `members` (a 1-D long tensor on the device), in that order: in the stack, the
+        optimiser and here; the next full batches capture a new graph."""
+        self.stack.keep(members)
+        self.optimizer.keep(members)
+        self.optimizer.params = list(self.stack.params.values())
+        self.mae_members = self.mae_members.index_select(0, members)
+        self.reset()
+
+    def _loss(self, inputs: tuple[torch.Tensor, ...], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, x_mark, *draws = inputs
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            forecast, aux_loss, _ = self.stack.forward(x, x_mark, dict(zip(self._draw_names, draws)))  # (K,B,P,C)
+        error = at_least_float32(forecast[..., self.target]) - y[..., self.target]
+        forecast_loss = torch.where(self.mae_members, error.abs().mean(dim=(1, 2, 3)),
+                                    error.square().mean(dim=(1, 2, 3)))
+        losses = forecast_loss + at_least_float32(aux_loss)  # (K,)
+        return losses.sum(), losses
+
+
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in float32 if it is in a narrower float (bf16 autocast output), else as it is (float64 stays)."""
+    return tensor if tensor.dtype == torch.float64 else tensor.float()

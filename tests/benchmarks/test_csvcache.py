@@ -106,6 +106,26 @@ def test_load_writes_one_cache_entry_named_by_sha256_and_reuses_it(tmp_path, pri
     np.testing.assert_array_equal(second.dates, first.dates)
 
 
+def test_another_date_column_parses_like_date_and_is_its_own_cache_entry(tmp_path, private_cache):
+    # the timestamps last, under another name: the parse is the one of the TSLib layout
+    path = write(tmp_path / "stamped.csv", "a,OT,stamp\n1.5,10,2020-01-01 00:00:00\n2.5,11,2020-01-01 01:00:00\n")
+    sha256 = sha256_of(path)
+    parsed = load_csv(path, sha256, "stamp")
+    reference = parse_csv(write(tmp_path / "tslib.csv", "date,a,OT\n2020-01-01 00:00:00,1.5,10\n"
+                                                         "2020-01-01 01:00:00,2.5,11\n"))
+    assert parsed.columns == reference.columns == ("a", "OT")
+    np.testing.assert_array_equal(parsed.dates, reference.dates)
+    np.testing.assert_array_equal(parsed.values, reference.values)
+    assert [entry.name for entry in (private_cache / "csv").iterdir()] != [f"{sha256}-v{CACHE_FORMAT}.npz"]
+    # the cached parse under `stamp` is never handed out for another date column
+    with pytest.raises(DataError, match="has no 'date' column"):
+        load_csv(path, sha256)
+    with pytest.raises(DataError, match="'when' is not a column of") as error:
+        load_csv(path, sha256, "when")
+    assert error.value.setting == "date_column" and "date_column 'when'" in str(error.value)
+    assert load_csv(path, sha256, "stamp").columns == ("a", "OT")
+
+
 @pytest.mark.parametrize("damage", [b"garbage, not an npz archive", b"PK\x03\x04truncated"])
 def test_corrupt_cache_entry_is_rebuilt(tmp_path, private_cache, damage):
     path = write(tmp_path / "good.csv", GOOD)

@@ -1,10 +1,12 @@
 """Own data: `mixbench data add / list / info / remove`, the user registry, `--dataset FILE.csv`, the shape check of
-registered files without a reference hash, and split rules other than TSLib's."""
+registered files without a reference hash, split rules other than TSLib's and date columns other than `date`."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import yaml
 
 import cli
 from benchmarks.data.files import resolve_dataset
@@ -16,6 +18,7 @@ from benchmarks.data.registry import (
     user_registry_path,
 )
 from benchmarks.errors import DataError
+from tests.cli_runner import mixbench
 
 
 @pytest.fixture(autouse=True)
@@ -34,12 +37,15 @@ def run_main(args: list[str], capsys) -> tuple[int, str, str]:
     return exit_info.value.code, captured.out, captured.err
 
 
-def write_own_csv(path, n_rows: int = 600, columns=("temp", "wind", "load"), freq: str = "h"):
-    """A CSV of daily-periodic series without an `OT` column; returns the path."""
+def write_own_csv(path, n_rows: int = 600, columns=("temp", "wind", "load"), freq: str = "h", date_column: str = "date",
+                  date_position: int = 0):
+    """A CSV of daily-periodic series without an `OT` column, its timestamps in `date_column` at `date_position`;
+    returns the path."""
     steps = np.arange(n_rows)
     frame = pd.DataFrame({name: np.sin(2 * np.pi * steps / 24 + k) + 0.01 * k * steps
                           for k, name in enumerate(columns)})
-    frame.insert(0, "date", pd.date_range("2021-01-01", periods=n_rows, freq=freq).strftime("%Y-%m-%d %H:%M:%S"))
+    frame.insert(date_position, date_column,
+                 pd.date_range("2021-01-01", periods=n_rows, freq=freq).strftime("%Y-%m-%d %H:%M:%S"))
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(path, index=False)
     return path
@@ -165,3 +171,63 @@ def test_a_ratio_rule_of_70_10_20_is_tslibs():
     assert split_bounds("ratio_70_10_20", 52_696, 96) == {
         "train": (0, 36887), "val": (36887 - 96, 42157), "test": (52696 - 10539 - 96, 52696)}
     assert split_bounds("ratio_60_20_20", 1000, 10) == {"train": (0, 600), "val": (590, 800), "test": (790, 1000)}
+
+
+def test_a_date_column_of_another_name_is_added_read_and_trained_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # timestamps in the middle, as exports from other tools often have them
+    csv = write_own_csv(tmp_path / "meter.csv", n_rows=800, date_column="timestamp", date_position=1)
+    code, out, err = mixbench("data", "add", "meter", str(csv), "--date-column", "timestamp", "--target", "wind")
+    assert code == 0, err
+    assert "800 rows, 3 channels, target wind, frequency h, 70/10/20 split, dates in column 'timestamp'" in out
+    assert yaml.safe_load(user_registry_path().read_text())["datasets"]["meter"]["date_column"] == "timestamp"
+    assert get_dataset("meter").date_column == "timestamp"
+
+    code, out, err = mixbench("data", "info", "meter", "--seq-len", "24", "--pred-len", "12")
+    assert code == 0, err
+    assert f"file      {csv} (dates in column 'timestamp')" in out
+    assert "channels  3 in, 3 out" in out and "train         560" in out
+    code, out, _ = mixbench("data", "list")
+    assert code == 0 and next(line for line in out.splitlines() if line.startswith("meter")).split()[4] == "timestamp"
+
+    # the channels and dates are those of the same data under TSLib's `date` column
+    tslib = write_own_csv(tmp_path / "meter_tslib.csv", n_rows=800)
+    added = load_forecast_data(resolve_dataset("meter"), DataProtocol(seq_len=24, pred_len=12, target="wind"))
+    direct = load_forecast_data(resolve_dataset(str(tslib)), DataProtocol(seq_len=24, pred_len=12, target="wind"))
+    assert added.columns == direct.columns == ("temp", "load", "wind")
+    for split in ("train", "val", "test"):
+        assert torch.equal(added.splits[split].values, direct.splits[split].values)
+        assert torch.equal(added.splits[split].marks, direct.splits[split].marks)
+
+    code, out, err = mixbench("train", "--model", "dlinear", "--dataset", "meter", "--pred-len", "12", "--seq-len",
+                              "24", "--epochs", "1", "--limit-train-batches", "2", "--tracking-uri",
+                              f"sqlite:///{tmp_path}/mlflow.db")
+    assert code == 0, err
+    assert "dlinear on meter (pred_len 12): test MSE" in out
+    # the added file given by its path keeps its entry, date column included
+    assert resolve_dataset(str(csv)).spec.date_column == "timestamp"
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--date-column", "when"], ["error: --date-column 'when' is not a column of ",
+                                 "(its columns: 'temp', 'timestamp', 'wind', 'load')"]),
+    ([], ["has no 'date' column (its columns: 'temp', 'timestamp', 'wind', 'load')", "--date-column COLUMN"]),
+    (["--date-column", "wind"], ["column 'wind' of", "not timestamps"]),
+])
+def test_a_wrong_date_column_is_one_line_and_exit_2(tmp_path, args, fragments):
+    csv = write_own_csv(tmp_path / "meter.csv", date_column="timestamp", date_position=1)
+    code, out, err = mixbench("data", "add", "meter", str(csv), *args)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert all(fragment in err for fragment in fragments), err
+    assert out == "" and not user_registry_path().exists()
+
+
+def test_a_registry_entry_from_before_date_columns_reads_as_date(tmp_path, capsys):
+    csv = write_own_csv(tmp_path / "plant.csv")
+    assert run_main(["data", "add", "plant", str(csv)], capsys)[0] == 0
+    registry = yaml.safe_load(user_registry_path().read_text())
+    del registry["datasets"]["plant"]["date_column"]
+    user_registry_path().write_text(yaml.safe_dump(registry))
+    assert get_dataset("plant").date_column == "date"
+    assert load_forecast_data(resolve_dataset("plant"), DataProtocol(seq_len=24, pred_len=12)).train.num_rows == 420
+

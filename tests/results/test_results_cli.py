@@ -416,3 +416,25 @@ def test_bad_exports_are_one_line_errors(store, tmp_path):
         code, _, err = mixbench(*args)
         assert code == 2, (args, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and message in err, err
+
+
+def test_fused_seeds_log_the_same_runs_as_seeds_trained_apart(tmp_path, shared_data_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = ["--datasets", "ETTh1", "--models", "dlinear", "--horizons", "96", "--seeds", "3", "--epochs", "1",
+            "--limit-train-batches", "2", "--tracking-uri", uri, "--experiment", EXPERIMENT, "--data-dir",
+            str(shared_data_dir)]
+    code, out, err = mixbench("benchmark", *grid, "--fuse", "--suite", "fused")
+    assert code == 0, err
+    assert "the seeds of a cell train as one fused array (1 arrays)" in err
+    assert "3 runs logged" in out
+    code, out, err = mixbench("benchmark", *grid, "--no-fuse", "--suite", "apart")
+    assert code == 0, err
+    runs = finished_runs(uri)
+    by_suite = defaultdict(dict)
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["test_complete"] == "true"
+        by_suite[run.data.tags["suite"]][run.data.tags["seed"]] = run.data.metrics["test_mse"]
+    assert set(by_suite["fused"]) == set(by_suite["apart"]) == {"2021", "2022", "2023"}
+    for seed, mse in by_suite["fused"].items():
+        assert mse == pytest.approx(by_suite["apart"][seed], rel=1e-5)
+    assert len(set(by_suite["fused"].values())) == 3  # each seed its own run

@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": (
         "results.commands:export",
         "Write a suite's runs (and the searches behind them) as one CSV that rebuilds its tables without MLflow.",
-        "mixbench export --suite paper --output results/paper/runs.csv",
+        "mixbench export --suite paper --output runs.csv",
     ),
     "jobs": (
         "cluster.commands:jobs",

@@ -109,8 +109,10 @@ def submit(
     )
     if not submission.has_storage_path:
         click.echo(
-            "note: no --storage-path; Ray Tune keeps trial results on the head's disk "
-            "(use shared storage when trials run on several nodes)", err=True,
+            "note: no --storage-path; Ray Tune keeps trial results on the head's disk, in the job's uploaded "
+            "working directory: Ray shares it between jobs of identical code (the same search submitted again stops "
+            "at 'a search already exists'; add --name) and may evict it; pass --storage-path (s3://... or a path "
+            "every node mounts) to keep results and resume searches", err=True,
         )
     server = _connect(address, token_file)
     job_id = server.submit(submission.entrypoint(), submission.runtime_env(), submission.metadata())

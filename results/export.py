@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterable
 from benchmarks.errors import ResultsError
 from benchmarks.tracking.queries import BENCHMARK_KIND, search_all_runs, search_benchmark_runs
 from results.output import write_atomic
-from results.runs import RUN_COLUMNS
+from results.runs import RUN_COLUMNS, require_store
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -28,6 +28,7 @@ _PARENT_TAG, _NAME_TAG = "mlflow.parentRunId", "mlflow.runName"
 def export_rows(store: TrackingStore, experiment: str, suite: str) -> list[dict[str, str]]:
     """Rows of every run of `suite` (any status) and of every search, trial and refit of the suite's
     (dataset, model, pred_len) cells, sorted by kind, dataset, model, horizon, seed and start time."""
+    require_store(store)
     client = store.client()
     found = client.get_experiment_by_name(experiment)
     if found is None:

@@ -106,13 +106,18 @@ def load_export_records(runs_file: Path, suite: str | None = None, dataset: str 
     return _one_suite(records, suite, dataset)
 
 
-def _store_records(store: TrackingStore, experiment: str) -> list[BenchmarkRecord]:
-    # Opening a missing SQLite path would create an empty store; say what is wrong instead.
+def require_store(store: TrackingStore) -> None:
+    """TrackingError unless a SQLite store's file exists: opening a missing path would create an empty store (and
+    its folder) where a reader expected runs; say what is wrong instead."""
     if store.sqlite_path is not None and not store.sqlite_path.is_file():
         raise TrackingError(
             f"no MLflow store at {store.sqlite_path}; run `mixbench benchmark` first or pass "
             "{setting} (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)", setting="tracking_uri"
         )
+
+
+def _store_records(store: TrackingStore, experiment: str) -> list[BenchmarkRecord]:
+    require_store(store)
     client = store.client()
     found = client.get_experiment_by_name(experiment)
     runs = search_benchmark_runs(client, found.experiment_id) if found is not None else []

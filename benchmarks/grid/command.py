@@ -73,7 +73,7 @@ def benchmark(datasets: str, models: str, horizons: str, seeds: int, configs: st
     \b
     Examples:
       mixbench benchmark --datasets weather,ETTh1 --horizons 96,192,336,720 --seeds 3 --suite paper
-      mixbench benchmark --datasets weather --models mixmamba --configs best --suite paper   # refit searches
+      mixbench benchmark --datasets weather --models mixmamba --configs best --suite paper  # needs a search per horizon
       mixbench benchmark --datasets ETTh1 --models dlinear --horizons 96 --seeds 1 --epochs 1 --suite smoke
       mixbench benchmark --datasets ETTh1 --models dlinear --horizons 96 --seeds 3 --epochs 1 --fuse --suite fused
     """

@@ -3,7 +3,10 @@ the latest finished search per (dataset, model, pred_len) in MLflow, or a YAML f
 """
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
 
 # What `mixbench search` logs at the root of its parent run (search/summary.py BEST_CONFIG_FILE).
 BEST_CONFIG_ARTIFACT = "best_config.yaml"
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 ENTRY_KEYS = ("model", "dataset", "pred_len", "seq_len", "display_name", "model_overrides", "train_overrides")
 
 
@@ -132,7 +136,7 @@ def _entry_from_search(client: MlflowClient, run: Run, dataset: str, model: str,
     """The search run's best-config YAML artifact, else its `best.model.*` / `best.train.*` params."""
     names = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
     if BEST_CONFIG_ARTIFACT in names:
-        with tempfile.TemporaryDirectory() as directory:
+        with tempfile.TemporaryDirectory() as directory, _no_download_bars():
             local = client.download_artifacts(run.info.run_id, BEST_CONFIG_ARTIFACT, directory)
             entry = parse_entry(yaml.safe_load(Path(local).read_text()), f"search run {run.info.run_id} best config")
         return ConfigEntry(model, dataset, pred_len, entry.seq_len, _searched_label(model), entry.model_overrides,
@@ -155,6 +159,20 @@ def _entry_from_search(client: MlflowClient, run: Run, dataset: str, model: str,
             f"{BEST_CONFIG_ARTIFACT} artifact nor best.* params; re-run the search or pass a configs FILE",
             setting="configs")
     return ConfigEntry(model, dataset, pred_len, seq_len, _searched_label(model), model_overrides, train_overrides)
+
+
+@contextmanager
+def _no_download_bars() -> Iterator[None]:
+    # MLflow draws a "Downloading artifacts" progress bar per file, one per refitted cell: noise for a small YAML.
+    saved = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = saved
 
 
 def _searched_label(model: str) -> str:

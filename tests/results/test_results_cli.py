@@ -438,3 +438,12 @@ def test_fused_seeds_log_the_same_runs_as_seeds_trained_apart(tmp_path, shared_d
     for seed, mse in by_suite["fused"].items():
         assert mse == pytest.approx(by_suite["apart"][seed], rel=1e-5)
     assert len(set(by_suite["fused"].values())) == 3  # each seed its own run
+
+
+def test_export_from_a_missing_store_is_one_line_and_creates_nothing(tmp_path):
+    missing = tmp_path / "reproduce" / "mlflow.db"
+    code, out, err = mixbench("export", "--suite", "paper", "--tracking-uri", f"sqlite:///{missing}",
+                              "--output", str(tmp_path / "runs.csv"))
+    assert code == 2, err
+    assert f"no MLflow store at {missing}" in err and "--tracking-uri" in err
+    assert not missing.exists() and not missing.parent.exists() and not (tmp_path / "runs.csv").exists()

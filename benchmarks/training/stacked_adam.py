@@ -39,11 +39,9 @@ class StackedAdam:
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drops the gradients (the next backward allocates them; inside a capture, from the graph's pool)."""
         for param in self.params:
-            if set_to_none:
-                param.grad = None
-            elif param.grad is not None:
-                param.grad.zero_()
+            param.grad = None
 
     @torch.no_grad()
     def step(self) -> None:

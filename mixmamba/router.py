@@ -1,7 +1,7 @@
 """The ST-MoE top-k router exactly as the official MixMamba runs it (layers/st_moe.py, TopNGating).
 
-It turns tokens into dispatch / combine tensors over fixed-capacity expert slots, the balance and z auxiliary losses,
-and per-expert usage statistics.
+It assigns each token's top-k requests to fixed-capacity expert slots (as slot indices and gates, which the MoE layer
+gathers and scatters by), and computes the balance and z auxiliary losses and per-expert usage statistics.
 """
 from __future__ import annotations
 
@@ -37,14 +37,17 @@ class RoutingStats:
 class Routing:
     """The router's output for tokens (G groups, n tokens, d) and E experts of `capacity` slots each.
 
-    dispatch: (G, n, E, capacity) 1 where a token fills a slot; carries combine's gradient (straight-through).
-    combine: (G, n, E, capacity) the token's renormalised gate at the slot it fills, else 0.
+    request_slots: (k, G, n) long, the slot each token's i-th choice fills, numbered expert * capacity + slot;
+        E * capacity (one past the last slot) where that request was not made or was dropped.
+    request_gates: (k, G, n) the request's renormalised gate where it fills a slot, else 0. The official dense form
+        is combine[g, n, e, c] = the sum of request_gates over the requests of token n in slot (e, c), and
+        dispatch = (combine > 0) carrying combine's gradient (straight-through).
     balance_loss, z_loss: () unweighted; zero in eval mode (as the official code).
     aux_loss: () balance_loss_coef * balance_loss + z_loss_coef * z_loss.
     """
 
-    dispatch: torch.Tensor
-    combine: torch.Tensor
+    request_slots: torch.Tensor
+    request_gates: torch.Tensor
     balance_loss: torch.Tensor
     z_loss: torch.Tensor
     aux_loss: torch.Tensor
@@ -164,13 +167,10 @@ class TopKRouter(nn.Module):
             kept.append(keep)
             slots.append(slot.sum(dim=-1))  # (G, n): a request has one expert
         kept = torch.stack(kept)  # (k, G, n, E)
-        slot_one_hot = (torch.stack(slots)[..., None] == torch.arange(capacity, device=x.device)).to(x.dtype)
-
-        # (k, G, n, E, c) summed over k -> (G, n, E, c)
-        combine = (top_gates[..., None, None] * kept[..., None] * slot_one_hot[..., None, :]).sum(dim=0)
-        dispatch = combine.bool().to(x.dtype)
-        # Straight-through: the gate gets dispatch's gradient; the bracket keeps the forward value exactly 0 / 1.
-        dispatch = dispatch + (combine - combine.detach())
+        filled = kept.sum(dim=-1)  # (k, G, n) 1 where the request holds a slot
+        expert_slots = top_experts.permute(2, 0, 1) * capacity + torch.stack(slots).long()  # (k, G, n)
+        request_slots = torch.where(filled > 0, expert_slots, num_experts * capacity)
+        request_gates = top_gates * filled
 
         if self.training:
             first_choice_density = choice[0].mean(dim=1)  # (G, E)
@@ -193,7 +193,7 @@ class TopKRouter(nn.Module):
                 dropped_assignment_rate=(requested_total - kept_total) / requested_total,
                 capacity=capacity,
             )
-        return Routing(dispatch, combine, balance_loss, z_loss, aux_loss, stats)
+        return Routing(request_slots, request_gates, balance_loss, z_loss, aux_loss, stats)
 
     def extra_repr(self) -> str:
         return (

@@ -69,15 +69,19 @@ def _seq_len_choices(ctx: click.Context, param: click.Parameter, value: str | No
               help=f"Batches per validation/test pass, 0 = all. [default: {CPU_LIMIT_EVAL_BATCHES} without GPUs, "
                    "else all]")
 @click.option("--storage-path", default=None, help="Where Tune keeps experiment folders. [default: ./ray_results]")
+@click.option("--fuse", default="auto", show_default=True, metavar="auto|off|K",
+              help="Trials per fused group: K trials sharing every tensor shape train as one stacked model in one "
+                   "Ray trial (the GPU/CPU shares are then per group). auto: on GPUs as many as a memory estimate "
+                   "fits (at most 16), off without GPUs.")
 def search(**options: object) -> None:
     """Search a model's hyperparameters: Optuna proposes, Ray Tune runs, ASHA stops early, MLflow records.
 
     \b
-    The defaults fit a 2-core laptop in about 10 minutes (MixMamba on weather, pred_len 96):
+    The defaults fit a 2-core laptop in a few minutes (MixMamba on weather, pred_len 96):
     8 trials x 3 epochs, 2 trials at once on 1 CPU each, 20 training / 10 evaluation batches
     per epoch without GPUs, and a 540 s time budget. MLflow gets one parent run (search) and
     one child run per trial; the best config is written as YAML for `mixbench benchmark --configs`.
-    A test capped by --limit-eval-batches is starred in the summary and tagged test_complete=false.
+    A test capped by --limit-eval-batches is starred in the table; the best trial is then tested on every window.
 
     \b
     Examples:
@@ -85,6 +89,7 @@ def search(**options: object) -> None:
       mixbench search --dataset ETTh1 --model patchtst --trials 40 --epochs 10 --gpus-per-trial 0.25
       mixbench search --dataset weather --resume          # after Ctrl+C or a crash
       mixbench search --dataset weather --search-seq-len 96,192,336 --refit-seeds 3
+      mixbench search --dataset weather --trials 64 --fuse 16 --gpus-per-trial 0.5   # 4 fused groups of 16
     """
     # Imported here: Ray, Optuna, MLflow and torch take 3 s to import, which `mixbench search --help` need not wait for.
     from benchmarks.tracking.store import quiet_run_urls
@@ -106,9 +111,13 @@ def search(**options: object) -> None:
                                    f"trials' runs (tag `error`) in MLflow")
     click.echo(f"best: trial {outcome.best_trial_id}, val_loss_best {outcome.best_value:.6g}; config written to "
                f"{outcome.best_config_path}")
+    if outcome.best_test is not None:
+        test = outcome.best_test
+        click.echo(f"best trial's weights tested on all {int(test['test_windows'])} test windows: test MSE "
+                   f"{test['test_mse']:.4f}, test MAE {test['test_mae']:.4f}")
     click.echo(f"next: mixbench benchmark --datasets {config.dataset} --models {config.model} --horizons "
                f"{config.pred_len} --configs {outcome.best_config_path} --suite searched   # 3 seeds, full epochs\n"
-               f"      mixbench ui   # the search's runs in MLflow")
+               f"      {outcome.open_runs}   # the search's runs in MLflow")
     if outcome.refit is not None:
         stats = outcome.refit
         click.echo(f"refit over seeds {', '.join(map(str, stats.seeds))}: test MSE {stats.test_mse_mean:.4f} +- "

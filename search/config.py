@@ -27,6 +27,8 @@ class SearchConfig:
     limit_train_batches / limit_eval_batches: None = CPU_LIMIT_* on a cluster without GPUs and no limit with
     GPUs; 0 = no limit. gpus_per_trial: None = DEFAULT_GPU_SHARE with GPUs, else 0. cpus_per_trial: None =
     the cluster's CPUs split between the trials that fit at once (GPUs / share, or CPU_TRIALS_AT_ONCE).
+    fuse: trials per fused group (one Ray Tune trial training them as one stacked model): a number, "off" (1) or
+    "auto" (search.group_size); the shares above are then per group. A started search holds the resolved number.
     """
 
     dataset: str
@@ -54,6 +56,7 @@ class SearchConfig:
     limit_eval_batches: int | None = None
     storage_path: str | None = None
     max_failures: int = MAX_FAILURES
+    fuse: int | str = "auto"
 
 
 def default_name(dataset: str, model: str, pred_len: int, seed: int) -> str:
@@ -93,6 +96,17 @@ def check_config(config: SearchConfig) -> None:
             raise SettingError(f"{{setting}} {value} must be >= 0 (0 = every batch)", setting=setting)
     if config.max_failures < 0:
         raise SettingError(f"{{setting}} {config.max_failures} must be >= 0", setting="max_failures")
+
+
+def parse_fuse(value: int | str) -> int | str:
+    """The `fuse` setting as "auto" or a number of trials per group ("off" = 1); SettingError for anything else."""
+    if value in ("auto", "off"):
+        return 1 if value == "off" else "auto"
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise SettingError(f"{{setting}} {value!r}: give auto, off or a number of trials per fused group (e.g. 16)",
+                           setting="fuse")
+    return int(text)
 
 
 def resolve_resources(config: SearchConfig, cpus: float, gpus: float) -> SearchConfig:

@@ -12,22 +12,49 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
+from search.groups import MEMBERS_KEY
 from search.trial import SEARCH_METRIC
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
+# Tune adds it to every result a trial reports.
+REPORTED = "training_iteration"
 # A terminal line is redrawn at most this often unless a count or the best changes.
 REFRESH_S = 1.0
 
 
 def trial_state(trial: Trial) -> str:
-    """pending, running, finished (trained and tested), stopped (early, by ASHA or the time budget) or failed."""
+    """pending, running, finished (trained and tested), stopped (early, by ASHA or the time budget), skipped (the
+    time budget ended the search before it reported anything) or failed."""
     if trial.status == "ERROR":
         return "failed"
     if trial.status == "TERMINATED":
-        return "finished" if "test_mse" in (trial.last_result or {}) else "stopped"
+        result = trial.last_result or {}
+        return "finished" if "test_mse" in result else "stopped" if REPORTED in result else "skipped"
     return "running" if trial.status == "RUNNING" else "pending"
+
+
+def member_states(trial: Trial) -> list[str]:
+    """The state of each member of a fused group trial (one entry for a plain trial): a member's own outcome once
+    the group reported it, else the group's state (a group the time budget ended has its unfinished members
+    stopped, a failed group its members failed)."""
+    group = trial_state(trial)
+    members = trial.config.get(MEMBERS_KEY)
+    if members is None:
+        return [group]
+    outcomes = (trial.last_result or {}).get(MEMBERS_KEY) or []
+    states = []
+    for index in range(len(members)):
+        outcome = outcomes[index] if index < len(outcomes) else {}
+        state = outcome.get("state", "running")
+        if state == "running" and group in ("stopped", "skipped"):
+            # The time budget ended the group with this member still in the array.
+            state = "stopped" if "epoch" in outcome else "skipped"
+        elif state == "running":
+            state = group
+        states.append(state)
+    return states
 
 
 def format_duration(seconds: float) -> str:
@@ -38,7 +65,8 @@ def format_duration(seconds: float) -> str:
 
 
 class ProgressLine(Callback):
-    """Prints `search NAME | 2 running, 3 finished, 1 stopped, 0 failed, 2 to go | best 0.4123 (trial ...) | 2:13/10:00`."""
+    """Prints `search NAME | 2 running, 3 finished, 1 stopped, 0 failed, 2 to go | best 0.4123 (trial ...) | 2:13/10:00`;
+    with fused groups the counts are members (`num_trials` counts members too)."""
 
     def __init__(self, name: str, num_trials: int, time_budget_s: float | None) -> None:
         self.name = name
@@ -59,9 +87,9 @@ class ProgressLine(Callback):
         counts = dict.fromkeys(("running", "finished", "stopped", "failed"), 0)
         best: tuple[float, str] | None = None
         for trial in trials:
-            state = trial_state(trial)
-            if state in counts:
-                counts[state] += 1
+            for state in member_states(trial):
+                if state in counts:
+                    counts[state] += 1
             value = (trial.last_result or {}).get(SEARCH_METRIC)
             if value is not None and math.isfinite(value) and (best is None or value < best[0]):
                 best = (value, trial.trial_id)

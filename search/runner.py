@@ -8,6 +8,8 @@ import dataclasses
 import json
 import logging
 import os
+import signal
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +24,20 @@ from ray.tune.search.optuna import OptunaSearch
 from benchmarks import ray_session
 from benchmarks.data.files import resolve_data_dir, resolve_dataset
 from benchmarks.errors import SettingError, SpaceError
-from benchmarks.experiment import resolve_experiment
+from benchmarks.experiment import Experiment, resolve_experiment
 from benchmarks.models.registry import model_classes
+from benchmarks.tracking.credentials import move_credentials_to_env
 from benchmarks.tracking.store import TrackingStore
 from benchmarks.tracking.writer import protocol_tag
 from benchmarks.worker_share import WorkerShare
 from search import summary as found
-from search.config import DEFAULT_SEQ_LEN, SearchConfig, check_config, default_name, resolve_resources
-from benchmarks.tracking.credentials import move_credentials_to_env
+from search.config import DEFAULT_SEQ_LEN, SearchConfig, check_config, default_name, parse_fuse, resolve_resources
+from search.full_evaluation import evaluate_saved_weights
 from search.folder_trust import DigestKeeper, check_before_restore, record_digests
+from search.group_size import choose_group_size
+from search.group_trial import run_group
+from search.groups import GroupPlan, GroupSearcher
+from search.member_rungs import actor_name, rungs_actor
 from search.parent_run import ParentRun
 from search.progress import ProgressLine
 from search.refit import refit, refit_seeds
@@ -58,6 +65,8 @@ class SearchOutcome:
     table: str = ""
     refit: Any = None
     notes: list[str] = field(default_factory=list)
+    best_test: dict[str, float] | None = None   # the best trial's weights tested on every window (capped trials)
+    open_runs: str = ""   # how to see the runs: the tracking server's URL, or the `mixbench ui` command for a local store
 
 
 def run_search(config: SearchConfig) -> SearchOutcome:
@@ -67,6 +76,7 @@ def run_search(config: SearchConfig) -> SearchOutcome:
     search can be resumed), a live status line, then the top trials, the best-config path and refit results.
     """
     check_config(config)
+    config = dataclasses.replace(config, fuse=parse_fuse(config.fuse))
     # Stored (state file, Tune's pickles) without user-info; the credentials travel in the environment only.
     config = dataclasses.replace(config, tracking_uri=move_credentials_to_env(config.tracking_uri))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,7 +111,15 @@ def run_search(config: SearchConfig) -> SearchOutcome:
                                       "train.epochs": config.epochs,
                                       "train.limit_train_batches": config.limit_train_batches or None,
                                       "train.limit_eval_batches": config.limit_eval_batches or None})
-        return _run(config, store, name, experiment_dir, BoundSpace(space, base), saved)
+        bound = BoundSpace(space, base)
+        proposals = _check_proposals(bound)
+        size = choose_group_size(config.fuse, trials=config.trials, gpu_share=config.gpus_per_trial,
+                                 proposals=proposals)
+        if size.members > 1 and any(experiment.train.compile for experiment in proposals):
+            raise SettingError("{setting} groups train as one CUDA graph, which train.compile cannot join; pass "
+                               "--fuse off or fix train.compile: false in the space", setting="fuse")
+        config = dataclasses.replace(config, fuse=size.members)
+        return _run(config, store, name, experiment_dir, bound, saved, size.reason)
     finally:
         if started_ray:
             ray.shutdown()
@@ -109,7 +127,9 @@ def run_search(config: SearchConfig) -> SearchOutcome:
 
 def _resumed_config(given: SearchConfig, saved: dict[str, Any]) -> SearchConfig:
     """The saved settings of the search, except where to run (--address) and how many refit seeds."""
-    config = SearchConfig(**{**saved, "resume": True, "address": given.address, "refit_seeds": given.refit_seeds})
+    # A search saved before fused groups existed ran one trial per Tune trial.
+    config = SearchConfig(**{"fuse": 1, **saved, "resume": True, "address": given.address,
+                             "refit_seeds": given.refit_seeds})
     defaults = SearchConfig(dataset=given.dataset)
     differing = [key for key in asdict(given) if key not in ("resume", "address", "refit_seeds", "dataset")
                  and getattr(given, key) != getattr(defaults, key) and getattr(given, key) != saved.get(key)]
@@ -126,9 +146,10 @@ def _load_space(config: SearchConfig) -> SearchSpace:
 
 
 def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: Path, bound: BoundSpace,
-         saved: dict[str, Any] | None) -> SearchOutcome:
+         saved: dict[str, Any] | None, fuse_reason: str) -> SearchOutcome:
     space, base = bound.space, bound.base
-    _check_proposals(bound)
+    plan = GroupPlan(trials=config.trials, members=int(config.fuse))
+    fused = plan.members > 1
     searched_seq_len = space.searches_seq_len
     trials_log_themselves = store.is_server
     if saved is None:
@@ -140,7 +161,8 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
                     "scheduler": config.scheduler, "cpus_per_trial": config.cpus_per_trial,
                     "gpus_per_trial": config.gpus_per_trial, "max_concurrent": config.max_concurrent,
                     "limit_train_batches": config.limit_train_batches or None,
-                    "limit_eval_batches": config.limit_eval_batches or None, "max_failures": config.max_failures},
+                    "limit_eval_batches": config.limit_eval_batches or None, "max_failures": config.max_failures,
+                    "fuse": plan.members},
         )
         experiment_dir.mkdir(parents=True, exist_ok=True)
         stored = asdict(dataclasses.replace(config, resume=False, address=None, refit_seeds=0))
@@ -151,7 +173,9 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
         parent.reopen()
     print(f"search {name}: {config.model} on {base.dataset}, pred_len {config.pred_len}, {config.trials} trials x "
           f"{config.epochs} epochs, {config.scheduler}, budget {config.time_budget_s or 'none'} s, "
-          f"{config.cpus_per_trial:g} CPU + {config.gpus_per_trial:g} GPU per trial\n"
+          f"{config.cpus_per_trial:g} CPU + {config.gpus_per_trial:g} GPU per {'group' if fused else 'trial'}\n"
+          f"  fused groups: {f'{plan.members} trials each, {plan.groups} groups' if fused else 'none'} "
+          f"({fuse_reason})\n"
           f"  folder {experiment_dir} (to resume: the same command with --resume)\n"
           f"  MLflow {store.redacted}, experiment {config.experiment}, parent run {parent.run_id}",
           flush=True)
@@ -161,9 +185,14 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
         child_tags["protocol"] = protocol_tag(FEATURES, None)
     tracking = TrialTracking(store=store, experiment=config.experiment, parent_run_id=parent.run_id, tags=child_tags)
     share = WorkerShare(cpus=config.cpus_per_trial, gpus=config.gpus_per_trial)
+    member_asha = fused and config.scheduler == "asha"
     setup = TrialSetup(experiment_dir=str(experiment_dir), epochs=config.epochs, share=share,
-                       tracking=tracking if trials_log_themselves else None)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), share.ray_resources())
+                       tracking=tracking if trials_log_themselves else None,
+                       rungs=actor_name(name) if member_asha else None)
+    # Held until the search ends: Ray removes an actor nobody holds a handle to.
+    rungs = rungs_actor(name, config.epochs, experiment_dir) if member_asha else None
+    trainable = tune.with_resources(tune.with_parameters(run_group if fused else run_trial, setup=setup),
+                                    share.ray_resources())
     # Experiment state saved every second (Tune's "auto" waits >= 10 s): a killed driver loses at most that.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Tune's legacy output path, which verbose=0 silences fully; the new one prints every trial error in full.
@@ -175,6 +204,8 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
     # trials stopped before their first epoch, which Tune warns it has no results for.
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # A fused group's reports carry a list of its members' outcomes, which TensorBoard cannot take (JSON/CSV can).
+    logging.getLogger("ray.tune.logger.tensorboardx").setLevel(logging.ERROR)
     if saved is not None and tune.Tuner.can_restore(str(experiment_dir)):
         # Tune brings back the saved searcher, scheduler, budget and callbacks. Errored trials stay failed (their
         # runs are FAILED already); unfinished ones go on from their last checkpoint.
@@ -190,33 +221,45 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
                        DigestKeeper(str(experiment_dir))],
         )
         sampler_startup = min(10, max(3, config.trials // 3))
-        searcher = OptunaSearch(space=bound, metric=SEARCH_METRIC, mode="min",
-                                sampler=optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=sampler_startup))
-        if config.scheduler == "asha":
+        if fused:
+            # Members are Optuna's trials; ASHA runs per member in the rungs actor, so Tune's scheduler is FIFO.
+            searcher = GroupSearcher(bound, plan, SEARCH_METRIC, config.seed,
+                                     startup_groups=min(10, max(3, plan.groups // 3)))
+        else:
+            searcher = OptunaSearch(space=bound, metric=SEARCH_METRIC, mode="min", sampler=optuna.samplers.TPESampler(
+                seed=config.seed, n_startup_trials=sampler_startup))
+        if config.scheduler == "asha" and not fused:
             scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=config.epochs,
                                       grace_period=1)
         else:
             scheduler = FIFOScheduler()
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=config.trials,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=plan.groups,
                                         max_concurrent_trials=config.max_concurrent,
                                         time_budget_s=config.time_budget_s or None, reuse_actors=True,
                                         trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id)),
             run_config=run_config,
         )
+    interrupt_handler = signal.getsignal(signal.SIGINT)
     try:
         tuner.fit()
     finally:
+        # Tune leaves its own SIGINT handler behind, which would swallow the first Ctrl+C during the refit. Only the
+        # main thread may set one (Tune too sets it only there).
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, interrupt_handler)
         # Also after Ctrl+C or a failure: the next --resume checks the folder against this record.
         record_digests(experiment_dir)
+    del rungs
     return _finish(config, name, experiment_dir, setup, bound, parent, tracking, trials_log_themselves)
 
 
-def _check_proposals(bound: BoundSpace) -> None:
+def _check_proposals(bound: BoundSpace) -> list[Experiment]:
     """Resolve PROPOSAL_CHECKS random proposals exactly as trials get them, before any trial starts: a space the
-    model rejects is one error now rather than a search of failed trials."""
+    model rejects is one error now rather than a search of failed trials. Returns their experiments."""
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=bound.base.seed))
+    experiments = []
     for _ in range(PROPOSAL_CHECKS):
         trial = study.ask()
         values = bound.space(trial)
@@ -224,7 +267,9 @@ def _check_proposals(bound: BoundSpace) -> None:
         if INVALID_KEY in resolved:
             raise SpaceError(f"{bound.space.source}: the proposal {_compact(values)} fails ({resolved[INVALID_KEY]}); "
                              f"narrow the space so every proposal is a valid {bound.base.model} config")
+        experiments.append(resolved[EXPERIMENT_KEY])
         study.tell(trial, 0.0)
+    return experiments
 
 
 def _compact(values: dict[str, Any]) -> str:
@@ -240,29 +285,36 @@ def _finish(config: SearchConfig, name: str, experiment_dir: Path, setup: TrialS
     by_id = {trial.trial_id: trial for trial in trials}
     runs = TrialRuns(tracking)
     for summary in summaries:
-        trial = by_id[summary.trial_id]
-        if summary.state == "finished" and not trials_log_themselves and EXPERIMENT_KEY in trial.config:
+        tested = summary.state in ("finished", "stopped") and "test_mse" in summary.metrics
+        if tested and not trials_log_themselves and summary.experiment is not None:
             # Normally done live by TrialLogger; this catches a driver killed between a trial's end and its logging.
-            live = runs.open(summary.trial_id, trial.config[EXPERIMENT_KEY])
+            live = runs.open(summary.trial_id, summary.experiment)
             if live is not None:
-                live.log_epoch(summary.metrics)
-                live.finish(summary.metrics, Path(summary.metrics["artifact_dir"]))
-        elif summary.state == "stopped":
+                if "val_loss" in summary.metrics:  # a plain trial's last result is also its last epoch
+                    live.log_epoch(summary.metrics)
+                live.finish(summary.metrics, Path(summary.metrics["artifact_dir"]), summary.state)
+        elif summary.state == "stopped" and not tested:
             runs.end(summary.trial_id, "stopped", params=summary.proposed.flat())
         elif summary.state == "failed":
-            runs.end(summary.trial_id, "failed", error=error_line(trial), params=summary.proposed.flat())
-        elif runs.find(summary.trial_id) is not None:
+            error = summary.metrics.get("error") or error_line(by_id[summary.tune_trial_id])
+            runs.end(summary.trial_id, "failed", error=error, params=summary.proposed.flat())
+        elif summary.state == "skipped":
+            if runs.find(summary.trial_id) is not None:  # a member whose group started but never reached an epoch
+                runs.end(summary.trial_id, "stopped")
+        elif not tested and runs.find(summary.trial_id) is not None:
             runs.end(summary.trial_id, "interrupted")
-    known = set(by_id)
+    known = {summary.trial_id for summary in summaries}
     orphans = [run for run in runs.all() if run.data.tags.get(TRIAL_ID_TAG) not in known]
     for run in orphans:
         # A trial the driver started but Tune had not saved before the driver was killed; it ran again under
         # a new id, so its half-logged run would count twice.
         runs.client.delete_run(run.info.run_id)
     counts = {state: sum(summary.state == state for summary in summaries)
-              for state in ("finished", "stopped", "failed", "running", "pending")}
+              for state in ("finished", "stopped", "failed", "running", "pending", "skipped")}
+    store = tracking.store
     outcome = SearchOutcome(name=name, experiment_dir=experiment_dir, parent_run_id=parent.run_id,
-                            interrupted=counts["running"] + counts["pending"] > 0, counts=counts)
+                            interrupted=counts["running"] + counts["pending"] > 0, counts=counts,
+                            open_runs=store.redacted if store.is_server else f"mixbench ui --tracking-uri {store.uri}")
     if orphans:
         outcome.notes.append(f"deleted {len(orphans)} child run(s) of trials lost when the driver was killed")
     if outcome.interrupted:
@@ -282,7 +334,7 @@ def _finish(config: SearchConfig, name: str, experiment_dir: Path, setup: TrialS
         return outcome
     best = ranked[0]
     outcome.best_trial_id, outcome.best_value = best.trial_id, best.value
-    experiment = by_id[best.trial_id].config[EXPERIMENT_KEY]
+    experiment = best.experiment
     entry = found.best_config(best, experiment)
     outcome.best_config_path = found.write_best_config(
         experiment_dir / found.BEST_CONFIG_FILE, entry,
@@ -291,18 +343,33 @@ def _finish(config: SearchConfig, name: str, experiment_dir: Path, setup: TrialS
     parent.log_params({f"best.{key}": value for key, value in best.proposed.flat().items()}
                       | {"best.seq_len": experiment.seq_len})
     best_metrics = {"best_val_loss": best.value}
-    best_metrics.update({f"best_{metric}": best.metrics[metric] for metric in ("test_mse", "test_mae")
-                         if metric in best.metrics})
+    test = {metric: best.metrics[metric] for metric in ("test_mse", "test_mae", "test_windows", "test_windows_total")
+            if metric in best.metrics}
+    if "test_mse" in test and test["test_windows"] < test["test_windows_total"]:
+        # On a CPU the trials test on limit_eval_batches batches; the best one's weights are then tested on every
+        # window, so the search's reported test score is a full one (the table's starred ones stay smoke numbers).
+        try:
+            score = evaluate_saved_weights(experiment, best.metrics["artifact_dir"], setup.share)
+        except (ray.exceptions.RayTaskError, OSError) as error:
+            cause = getattr(error, "cause", None) or error
+            outcome.notes.append(f"the best trial's weights could not be tested on every window "
+                                 f"({type(cause).__name__}: {(str(cause).splitlines() or [''])[0]})")
+        else:
+            test = {"test_mse": score.mse, "test_mae": score.mae, "test_windows": score.windows,
+                    "test_windows_total": score.total}
+            outcome.best_test = test
+    elif "test_mse" not in test:
+        outcome.notes.append(f"the best trial ({best.trial_id}) was stopped before its test; the benchmark command "
+                             "below tests its config on every window")
+    best_metrics.update({f"best_{metric}": test[metric] for metric in ("test_mse", "test_mae") if metric in test})
     parent.log_metrics(best_metrics)
-    # On a CPU the trials test on limit_eval_batches batches (a full MixMamba test of weather takes longer than the
-    # whole search there); the tags say so, and the summary stars such numbers.
     parent.set_tags({"best_trial_id": best.trial_id, **found.best_test_tags(
-        int(best.metrics.get("test_windows", 0)), int(best.metrics.get("test_windows_total", 0)))})
+        int(test.get("test_windows", 0)), int(test.get("test_windows_total", 0)))})
     parent.log_artifact(outcome.best_config_path)
 
     if config.refit_seeds:
         outcome.refit = refit(experiment, refit_seeds(config.seed, config.refit_seeds), setup.share, tracking,
-                              trials_log_themselves, experiment_dir / "refit")
+                              trials_log_themselves, experiment_dir / "refit", fused=int(config.fuse) > 1)
         if outcome.refit is not None:
             parent.log_metrics(outcome.refit.metrics())
     parent.end("FINISHED")

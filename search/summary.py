@@ -18,8 +18,9 @@ from benchmarks.experiment import Experiment
 from benchmarks.models.registry import PROTOCOL_FIELDS
 from benchmarks.tracking.writer import coverage_tags
 from benchmarks.training.callbacks import is_test_complete
-from search.progress import trial_state
-from search.space import ProposedConfig, SearchSpace
+from search.groups import MEMBERS_KEY, member_id
+from search.progress import member_states, trial_state
+from search.space import EXPERIMENT_KEY, ProposedConfig, SearchSpace
 from search.trial import SEARCH_METRIC
 
 if TYPE_CHECKING:
@@ -31,8 +32,9 @@ PLOT_FILES = ("optimization_history.png", "param_importances.png")
 
 @dataclass(frozen=True)
 class TrialSummary:
-    """One trial as the search ended it: its number (1 = proposed first), state (finished/stopped/failed/...),
-    proposal and last reported metrics.
+    """One trial (or member of a fused group) as the search ended it: its number (1 = proposed first), id (a
+    member's is `<group trial id>_<index>`), state (finished/stopped/failed/...), proposal, last reported metrics
+    resolved experiment (None for a proposal that made none) and the id of the Tune trial that ran it.
     """
 
     number: int
@@ -40,6 +42,8 @@ class TrialSummary:
     state: str
     proposed: ProposedConfig
     metrics: dict[str, Any]
+    experiment: Experiment | None = None
+    tune_trial_id: str = ""
 
     @property
     def value(self) -> float | None:
@@ -49,10 +53,20 @@ class TrialSummary:
 
 
 def summarize(trials: list[Trial], space: SearchSpace) -> list[TrialSummary]:
-    """Every trial in the order the searcher proposed them."""
-    summaries = [TrialSummary(trial_number(trial), trial.trial_id, trial_state(trial), space.decode(trial.config),
-                              dict(trial.last_result or {})) for trial in trials]
-    return sorted(summaries, key=lambda summary: summary.number)
+    """Every trial in the order the searcher proposed them; a fused group counts as its members, in order."""
+    trials = sorted(trials, key=trial_number)
+    if not any(MEMBERS_KEY in trial.config for trial in trials):
+        return [TrialSummary(trial_number(trial), trial.trial_id, trial_state(trial), space.decode(trial.config),
+                             dict(trial.last_result or {}), trial.config.get(EXPERIMENT_KEY), trial.trial_id)
+                for trial in trials]
+    summaries: list[TrialSummary] = []
+    for trial in trials:
+        outcomes = (trial.last_result or {}).get(MEMBERS_KEY) or []
+        for index, (member, state) in enumerate(zip(trial.config[MEMBERS_KEY], member_states(trial))):
+            metrics = dict(outcomes[index]) if index < len(outcomes) else {}
+            summaries.append(TrialSummary(len(summaries) + 1, member_id(trial.trial_id, index), state,
+                                          space.decode(member), metrics, member.get(EXPERIMENT_KEY), trial.trial_id))
+    return summaries
 
 
 def trial_number(trial: Trial) -> int:
@@ -71,7 +85,7 @@ def top_table(summaries: list[TrialSummary], limit: int = 10) -> str:
     """A fixed-width table of the best `limit` trials: metrics, then the proposed settings. A test capped by
     limit_eval_batches is starred and explained under the table."""
     rows = ranked(summaries)[:limit]
-    header = (f"{'rank':>4}  {'trial':<12} {'state':<9} {'epochs':>6} {SEARCH_METRIC:>13} {'test_mse':>10} "
+    header = (f"{'rank':>4}  {'trial':<16} {'state':<9} {'epochs':>6} {SEARCH_METRIC:>13} {'test_mse':>10} "
               f"{'test_mae':>10}  config")
     lines = [header]
     capped: set[str] = set()
@@ -84,7 +98,7 @@ def top_table(summaries: list[TrialSummary], limit: int = 10) -> str:
             capped.add(f"{int(metrics['test_windows'])} of {int(metrics['test_windows_total'])}")
         test = [f"{metrics[name]:9.4f}{star}" if name in metrics else f"{'-':>10}" for name in ("test_mse", "test_mae")]
         config = " ".join(f"{key.split('.')[-1]}={_short(value)}" for key, value in summary.proposed.flat().items())
-        lines.append(f"{rank:>4}  {summary.trial_id:<12} {summary.state:<9} {int(metrics.get('epoch', 0)):>6} "
+        lines.append(f"{rank:>4}  {summary.trial_id:<16} {summary.state:<9} {int(metrics.get('epoch', 0)):>6} "
                      f"{summary.value:13.4f} {test[0]} {test[1]}  {config}")
     if capped:
         lines.append(f"* test on {', '.join(sorted(capped))} test windows only (--limit-eval-batches, the CPU "

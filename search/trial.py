@@ -32,13 +32,14 @@ class TrialSetup:
 
     experiment_dir is the search's folder (absolute; Tune's storage, which every node of a cluster reaches); epochs
     is ASHA's max_t. `tracking` is set only when trials log their own child runs (an http(s) tracking server); with
-    a local store the driver logs them.
+    a local store the driver logs them. `rungs` names the Ray actor holding ASHA's rungs for fused groups' members.
     """
 
     experiment_dir: str
     epochs: int
     share: WorkerShare
     tracking: TrialTracking | None = None
+    rungs: str | None = None
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:

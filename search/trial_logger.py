@@ -2,7 +2,8 @@
 
 With a local store (SQLite or files) the driver alone writes it, so concurrent trials never lock or corrupt it: epoch
 metrics are logged as results arrive, params/final metrics/artifacts when a trial ends. With an http(s) tracking
-server the trials log their own runs and this callback only ends the runs of stopped and failed trials.
+server the trials log their own runs and this callback only ends the runs of stopped and failed trials. A fused
+group's members each have their own run, kept in step the same way from the group's per-member reports.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
+from search.group_trial import MEMBER_ROWS_KEY
+from search.groups import MEMBERS_KEY, member_id
 from search.space import EXPERIMENT_KEY, SearchSpace
 from search.trial_runs import LiveTrialRun, TrialRuns, TrialTracking
 
@@ -40,30 +43,62 @@ class TrialLogger(Callback):
         self.live = {}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        if self.trials_log_themselves or trial.trial_id in self.live or EXPERIMENT_KEY not in trial.config:
-            return  # a proposal that is no valid experiment fails; on_trial_error records it with the error
-        live = self.runs.open(trial.trial_id, trial.config[EXPERIMENT_KEY])
-        if live is not None:
-            self.live[trial.trial_id] = live
+        if self.trials_log_themselves:
+            return
+        for ident, config in _runs_of(trial):
+            # A proposal that is no valid experiment fails; its end is recorded with the error.
+            if ident not in self.live and EXPERIMENT_KEY in config:
+                live = self.runs.open(ident, config[EXPERIMENT_KEY])
+                if live is not None:
+                    self.live[ident] = live
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
                         **info: Any) -> None:
+        if MEMBER_ROWS_KEY in result:
+            for index, row in result[MEMBER_ROWS_KEY]:
+                live = self.live.get(member_id(trial.trial_id, index))
+                if live is not None:
+                    live.log_epoch(row)
+            return
         live = self.live.get(trial.trial_id)
         if live is not None and "epoch" in result:
             live.log_epoch(result)
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = trial.last_result or {}
-        live = self.live.pop(trial.trial_id, None)
-        if "test_mse" not in result:
-            self.runs.end(trial.trial_id, "stopped", params=self.space.decode(trial.config).flat())
-        elif live is not None:
-            live.finish(result, Path(result["artifact_dir"]))
+        if MEMBERS_KEY not in trial.config:
+            self._end(trial.trial_id, trial.config, result, "finished" if "test_mse" in result else "stopped")
+            return
+        outcomes = result.get(MEMBERS_KEY) or []
+        for index, (ident, config) in enumerate(_runs_of(trial)):
+            outcome = outcomes[index] if index < len(outcomes) else {"state": "running"}
+            if outcome["state"] != "running":
+                self._end(ident, config, outcome, outcome["state"])
+            elif ident in self.live or self.trials_log_themselves:  # the time budget ended the group
+                self._end(ident, config, outcome, "stopped")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.live.pop(trial.trial_id, None)
-        params = self.space.decode(trial.config).flat()
-        self.runs.end(trial.trial_id, "failed", error=error_line(trial), params=params)
+        error = error_line(trial)
+        for ident, config in _runs_of(trial):
+            self.live.pop(ident, None)
+            self.runs.end(ident, "failed", error=error, params=self.space.decode(config).flat())
+
+    def _end(self, ident: str, config: dict[str, Any], outcome: dict[str, Any], state: str) -> None:
+        """End run `ident` as `state`: with its test and artifacts when it has them, else with its proposal."""
+        live = self.live.pop(ident, None)
+        if "test_mse" in outcome and state in ("finished", "stopped"):
+            if live is not None:
+                live.finish(outcome, Path(outcome["artifact_dir"]), state)
+            return
+        self.runs.end(ident, state, error=outcome.get("error"), params=self.space.decode(config).flat())
+
+
+def _runs_of(trial: Trial) -> list[tuple[str, dict[str, Any]]]:
+    """(run id, proposal) of each MLflow child run a Tune trial has: itself, or each member of a fused group."""
+    members = trial.config.get(MEMBERS_KEY)
+    if members is None:
+        return [(trial.trial_id, trial.config)]
+    return [(member_id(trial.trial_id, index), member) for index, member in enumerate(members)]
 
 
 def error_line(trial: Trial) -> str:

@@ -4,9 +4,10 @@ logged twice; each ends FINISHED (trained and tested, or stopped early by ASHA),
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mlflow.entities import Metric, Run
 
@@ -52,22 +53,25 @@ class LiveTrialRun:
         self.writer.log_epochs([row])
         self.logged_epochs.add(epoch)
 
-    def finish(self, final: dict[str, Any], artifact_dir: Path | None) -> None:
-        """Log the final metrics, how many test windows they cover, and the artifact folder; mark the run FINISHED."""
+    def finish(self, final: dict[str, Any], artifact_dir: Path | None, state: str = "finished") -> None:
+        """Log the final metrics, how many test windows they cover, and the artifact folder; end the run as `state`
+        (finished, or stopped: a fused member that ASHA stopped is still tested)."""
         now = int(time.time() * 1000)
         client = self.writer.client
         client.log_batch(self.run_id, metrics=[Metric(name, float(final[name]), now, 0) for name in FINAL_METRICS])
         self.writer.set_tags(coverage_tags(int(final["test_windows"]), int(final["test_windows_total"])))
         if artifact_dir is not None and Path(artifact_dir).is_dir():
             client.log_artifacts(self.run_id, str(artifact_dir))
-        end_run(self.writer, "finished")
+        end_run(self.writer, state)
 
 
 class TrialRunCallback(TrainingCallback):
-    """A trial that logs its own child run (an http(s) server): epochs as they end, the end once tested."""
+    """A trial that logs its own child run (an http(s) server): epochs as they end, the end once tested; `pruned`
+    says whether ASHA stopped it (its run then ends as stopped)."""
 
-    def __init__(self, live: LiveTrialRun) -> None:
+    def __init__(self, live: LiveTrialRun, pruned: Callable[[], bool] = lambda: False) -> None:
         self.live = live
+        self.pruned = pruned
 
     def on_start(self, experiment: Experiment, history: Sequence[dict[str, float]]) -> None:
         for row in history:
@@ -78,7 +82,8 @@ class TrialRunCallback(TrainingCallback):
 
     def on_end(self, result: ExperimentResult) -> None:
         self.live.finish({**result.final_metrics(), "test_windows": result.test_windows,
-                          "test_windows_total": result.test_windows_total}, result.artifact_dir)
+                          "test_windows_total": result.test_windows_total}, result.artifact_dir,
+                         "stopped" if self.pruned() else "finished")
 
 
 class TrialRuns:

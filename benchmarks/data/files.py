@@ -130,15 +130,18 @@ def read_own_csv(path: Path, date_column: str = DEFAULT_DATE_COLUMN) -> tuple[Pa
     data (dates, NaN, shape); a `date_column` other than `date` that the file lacks is a DataError naming that
     setting."""
     path = path.expanduser().resolve()
-    sha256 = _own_file_sha256(path)
+    sha256 = _own_file_sha256(path, setting=None)
     return load_csv(path, sha256, date_column), sha256
 
 
-def _own_file_sha256(path: Path) -> str:
-    """The sha256 of an own CSV, which must exist."""
+def _own_file_sha256(path: Path, *, setting: str | None = "dataset") -> str:
+    """The sha256 of an own CSV, which must exist; `setting` names what gave the path (None: the file itself)."""
+    given = "{setting} " if setting else "the file "
+    if not path.exists():
+        hint = "; give the path of a CSV or a registered name (`mixbench data list`)" if setting else ""
+        raise DataError(f"{given}{path} does not exist{hint}", setting=setting)
     if not path.is_file():
-        raise DataError(f"{{setting}} {path} is not a file; give the path of a CSV with a `date` column",
-                        setting="dataset")
+        raise DataError(f"{given}{path} is not a file; give the path of a CSV", setting=setting)
     return file_sha256(path)
 
 

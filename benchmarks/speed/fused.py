@@ -1,6 +1,6 @@
 """Fused training arrays on one device: ms per member-step of K fused members against one model alone, peak memory
 per member, fused members against the same runs alone (exactness), and trials/hour of whole trials trained K at a
-time against one at a time. Writes one JSON report.
+time against one at a time, and whole `mixbench search` runs fused and not (part `search`). Writes one JSON report.
 
     python -m benchmarks.speed.fused --data-dir ../shared/data --output benchmarks/results/fused_h200.json
 """
@@ -20,6 +20,7 @@ from benchmarks.data.protocol import WindowBatch
 from benchmarks.speed.cases import CONFIGS, DATASET, PROTOCOL, load_bench_data, resolve_case
 from benchmarks.speed.packing import pack_trials
 from benchmarks.speed.report import RESULTS_DIR, device_slug, environment, synchronize, write_json
+from benchmarks.speed.searches import search_throughput
 from benchmarks.speed.step import ROTATION, time_steps
 from benchmarks.training.engine import resolve_device, run_experiment, seed_everything
 from benchmarks.training.evaluation import target_channels
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="folder holding weather/weather.csv")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--parts", default="steps,exact,trials", help="comma list of steps, exact, trials, pack")
+    parser.add_argument("--parts", default="steps,exact,trials",
+                        help="comma list of steps, exact, trials, pack, search")
     parser.add_argument("--configs", default=",".join(STEP_CASES), help="benchmark configs, e.g. mixmamba-small")
     parser.add_argument("--members", default=None, help="K values for the steps part (default per config)")
     parser.add_argument("--steps", type=int, default=100, help="timed steps per row")
@@ -150,11 +152,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per trial (trials part)")
     parser.add_argument("--limit-batches", type=int, default=None, help="smoke runs: batches per epoch and pass")
     parser.add_argument("--pack", type=int, default=16, help="processes packed in the pack part")
+    parser.add_argument("--searches", default="auto@0.25,auto@1,off@1",
+                        help="search part: FUSE@GPU_SHARE runs of `mixbench search` (FUSE as --fuse)")
+    parser.add_argument("--search-trials", type=int, default=64)
+    parser.add_argument("--search-budget", type=float, default=540.0, help="seconds of each search's time budget")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     configs = args.configs.split(",")
     parts = args.parts.split(",")
+    output = args.output or RESULTS_DIR / f"fused_{device_slug(device, vendor=False)}.json"
     report: dict[str, Any] = {"environment": environment(device), "dataset": DATASET, "protocol": vars(PROTOCOL)}
     if "steps" in parts:
         data = load_bench_data(resolve_dataset(DATASET, args.data_dir), device).windows
@@ -191,7 +198,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "pack" in parts:
         report["packed"] = pack_trials(args.pack, args.data_dir, device, args.epochs, args.limit_batches)
         print(f"packed {args.pack}: {report['packed']['trials_per_hour']:.0f} trials/h", flush=True)
-    output = args.output or RESULTS_DIR / f"fused_{device_slug(device, vendor=False)}.json"
+    if "search" in parts:
+        report["searches"] = []
+        with tempfile.TemporaryDirectory(prefix="mixbench-fused-search-") as workdir:
+            for spec in args.searches.split(","):
+                fuse, _, share = spec.partition("@")
+                row = search_throughput(float(share), args.search_trials, args.epochs, args.search_budget,
+                                        args.data_dir, Path(workdir), fuse=fuse)
+                report["searches"].append(row)
+                write_json(output, report)  # each search is minutes: keep what is done if the call is cut
+                print(f"search --fuse {fuse} --gpus-per-trial {share}: {row['trials_per_hour']:.0f} trials/h "
+                      f"({row['trials_finished']} finished, {row['trials_stopped_early']} stopped, "
+                      f"{row['trials_failed']} failed in {row['wall_seconds']:.0f} s)", flush=True)
     write_json(output, report)
     print(f"wrote {output}")
     return report

@@ -14,6 +14,9 @@ results/official/README.md repeats them). Subcommands, each writing one JSON fil
   parity    the official Model and ours holding the same weights: forecasts, auxiliary loss and every gradient
   table     gathers those JSON files into results/official/ (comparison.csv, comparison.json)
 
+`official` and `ours` write their JSON file also when stopped: on SIGTERM (a `timeout` running out) or an error they
+write what they have (the per-epoch rows so far) with "completed": false, "cut" and "error", and exit with status 1.
+
     python -m benchmarks.speed.official_compare official --official-dir OFFICIAL --data-dir DATA --seed 2021 \
         --out official_ETTh1_192_2021.json
     python -m benchmarks.speed.official_compare ours --data-dir DATA --seed 2021 --out ours_ETTh1_192_2021.json
@@ -28,6 +31,7 @@ import json
 import os
 import platform
 import re
+import signal
 import statistics
 import sys
 import time
@@ -75,6 +79,37 @@ STUBS = {
                                        "    raise NotImplementedError('torcheval stub: classification only')\n",
 }
 SEED_LITERAL = "fix_seed = 47"
+
+
+class Cut(BaseException):
+    """SIGTERM arrived (a `timeout` ran out): the run stops and writes what it has. A BaseException, so that no
+    `except Exception` on the way swallows it."""
+
+
+_CUT: list[float] = []  # when SIGTERM arrived, once it has
+
+
+def raise_cut_on_sigterm() -> None:
+    """From now on SIGTERM raises Cut in this process (once; later ones are ignored while the partial result is
+    written). DataLoader workers forked from it, which inherit the handler, just exit."""
+    main_pid = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:
+            os._exit(128 + signum)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _CUT.append(time.time())
+        raise Cut("SIGTERM (the run's time limit)")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _stopped(error: BaseException | None) -> dict[str, Any]:
+    """The fields that say whether a run finished, and if not, why."""
+    if error is None:
+        return {"completed": True, "cut": False}
+    return {"completed": False, "cut": bool(_CUT) or isinstance(error, Cut), "error": repr(error),
+            "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__, limit=8))}
 
 
 # ---------------------------------------------------------------------------------------------- platform helpers
@@ -211,12 +246,17 @@ def run_official(official_dir: Path, data_dir: Path, dataset: str, pred_len: int
     sys.argv, sys.stdout = ["run.py", *argv], _Tee(sys.stdout, captured)
     torch.cuda.reset_peak_memory_stats()
     began = time.perf_counter()
+    stopped_by: BaseException | None = None
     try:
         exec(compile(source, str(official_dir / "run.py"), "exec"), {"__name__": "__main__",
                                                                       "__file__": str(official_dir / "run.py")})
+    except BaseException as error:  # noqa: BLE001 - cut (SIGTERM) or crashed: keep what it printed so far
+        stopped_by = error
     finally:
         sys.argv, sys.stdout = saved_argv, saved_stdout
     total = time.perf_counter() - began
+    if stopped_by is not None:
+        print(f"official run stopped: {stopped_by!r}", file=sys.stderr, flush=True)
     result = parse_official_output(captured.getvalue())
     steps = result.get("steps_per_epoch")
     epochs = []
@@ -241,7 +281,7 @@ def run_official(official_dir: Path, data_dir: Path, dataset: str, pred_len: int
         else "unfused: torch conv1d + selective_scan_fn",
         train_call_seconds=timings["train"], test_seconds=timings["test"][0] if timings["test"] else None,
         test_skipped=skip_test, total_seconds=total, peak_memory_mb=torch.cuda.max_memory_allocated() / 2**20,
-        environment_changes=list(ENVIRONMENT_CHANGES), environment=environment(),
+        environment_changes=list(ENVIRONMENT_CHANGES), environment=environment(), **_stopped(stopped_by),
     )
     return result
 
@@ -273,6 +313,10 @@ def parse_official_output(text: str) -> dict:
     speeds = [float(value) for value in re.findall(r"speed: ([0-9.eE+-]+)s/iter", text)]
     if speeds:
         result["speed_s_per_iter_printed"] = speeds
+    # test(): 'test shape: (N, 1, pred_len, C) ...' then, reshaped, '(N, pred_len, C) ...': N windows at batch 1
+    shapes = re.findall(r"test shape: \((\d+), (\d+), (\d+)\) ", text)
+    if shapes:
+        result["test_windows"] = int(shapes[-1][0])
     metrics = re.findall(r"mse:([0-9.eE+-]+), mae:([0-9.eE+-]+)", text)
     if metrics:
         result["test_mse"], result["test_mae"] = float(metrics[-1][0]), float(metrics[-1][1])
@@ -323,7 +367,7 @@ def official_balance_mask() -> Iterator[None]:
         kept_first = first * (slot < self.capacity(x.shape[1])).to(x.dtype)
         balance = (raw_gates.mean(dim=1) * kept_first.mean(dim=1)).mean() * float(self.num_experts**2)
         aux = self.balance_loss_coef * balance + self.z_loss_coef * routing.z_loss
-        return Routing(routing.dispatch, routing.combine, balance, routing.z_loss, aux, routing.stats)
+        return Routing(routing.request_slots, routing.request_gates, balance, routing.z_loss, aux, routing.stats)
 
     TopKRouter.forward = forward
     try:
@@ -335,8 +379,18 @@ def official_balance_mask() -> Iterator[None]:
 def run_ours(data_dir: Path, dataset: str, pred_len: int, seed: int, bf16: bool = False,
              scan_backend: str | None = None, epochs: int | None = None, device: str = "cuda",
              official_balance: bool = False) -> dict:
-    """MixBench's engine on the MixMamba recipe for (dataset, pred_len), no tracking callbacks."""
+    """MixBench's engine on the MixMamba recipe for (dataset, pred_len), no tracking callbacks but one that prints
+    each epoch's row (so that a cut run's log and partial result still hold its epochs)."""
+    from benchmarks.training.callbacks import TrainingCallback
     from benchmarks.training.engine import run_experiment
+
+    rows: list[dict[str, Any]] = []
+
+    class EpochRows(TrainingCallback):
+        def on_epoch(self, report: Any) -> None:
+            rows.append(dict(report.row()))
+            print(f"ours epoch {report.epoch}: " + " ".join(f"{k} {v:.6g}" for k, v in report.row().items()
+                                                         if isinstance(v, (int, float))), flush=True)
 
     settings: dict[str, Any] = {"model.scan_backend": scan_backend} if scan_backend else {}
     if bf16:
@@ -347,19 +401,29 @@ def run_ours(data_dir: Path, dataset: str, pred_len: int, seed: int, bf16: bool 
     if device != "cpu":
         torch.cuda.reset_peak_memory_stats()
     began = time.perf_counter()
-    with official_balance_mask() if official_balance else contextlib.nullcontext():
-        result = run_experiment(experiment)
+    result, stopped_by = None, None
+    try:
+        with official_balance_mask() if official_balance else contextlib.nullcontext():
+            result = run_experiment(experiment, callbacks=[EpochRows()])
+    except BaseException as error:  # noqa: BLE001 - cut (SIGTERM) or crashed: keep the epochs so far
+        stopped_by = error
+        print(f"ours run stopped: {error!r}", file=sys.stderr, flush=True)
     total = time.perf_counter() - began
     model = experiment.build_model()
     batch_size = experiment.train.batch_size
     from mixmamba.scan import auto_scan_choices
 
+    finished: dict[str, Any] = dict.fromkeys(("test_mse", "test_mae", "best_epoch", "epochs_run", "best_val_loss",
+                                              "test_windows", "test_windows_total"))
+    if result is not None:
+        finished.update(test_mse=result.test_mse, test_mae=result.test_mae, best_epoch=result.best_epoch,
+                        epochs_run=result.epochs_run, best_val_loss=result.best_val_loss,
+                        test_windows=result.test_windows, test_windows_total=result.test_windows_total)
     return dict(
         kind="ours", dataset=dataset, pred_len=pred_len, seed=seed, bf16=bf16, scan_backend=scan_backend or "auto",
-        official_balance=official_balance,
-        test_mse=result.test_mse, test_mae=result.test_mae, best_epoch=result.best_epoch, epochs_run=result.epochs_run,
-        best_val_loss=result.best_val_loss, params=sum(p.numel() for p in model.parameters()),
-        batch_size=batch_size, epochs=[dict(row) for row in result.history], total_seconds=total,
+        official_balance=official_balance, **finished, params=sum(p.numel() for p in model.parameters()),
+        batch_size=batch_size, epochs=[dict(row) for row in result.history] if result is not None else rows,
+        total_seconds=total, **_stopped(stopped_by),
         peak_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if device != "cpu" else None,
         model_config=experiment.model_config_dict(), train_config=asdict(experiment.train),
         auto_choices=[asdict(choice) for choice in auto_scan_choices()],
@@ -662,6 +726,23 @@ def _kept_cwd() -> Iterator[None]:
         os.chdir(cwd)
 
 
+def _result_line(kind: str, args: argparse.Namespace, result: dict[str, Any], params: Any, windows: str) -> str:
+    """The one line a run prints at its end: test MSE/MAE, parameters, test windows, epochs, whether it completed."""
+    ending = "completed" if result["completed"] else "NOT completed: " + result["error"]
+    return (f"{kind} {args.dataset}-{args.pred_len} seed {args.seed}: MSE {result.get('test_mse')} "
+            f"MAE {result.get('test_mae')} params {params} test windows {windows} epochs {len(result['epochs'])} "
+            f"{ending}")
+
+
+def _exit_now_if_cut(result: dict) -> None:
+    """A cut run has written its JSON: leave at once (interpreter teardown, DataLoader workers included, can outlast
+    the grace period before SIGKILL)."""
+    if result.get("cut"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -709,6 +790,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available() and getattr(args, "device", "cuda") != "cpu":
         print(f"official_compare {args.command} needs a CUDA GPU", file=sys.stderr)
         return 2
+    if args.command in ("official", "ours"):
+        raise_cut_on_sigterm()
     with _kept_cwd():
         if args.command == "official":
             out = args.out.resolve()
@@ -717,15 +800,19 @@ def main(argv: list[str] | None = None) -> int:
                                   causal_conv1d=args.causal_conv1d, train_epochs=args.train_epochs,
                                   skip_test=args.skip_test)
             write(out, result)
-            print(f"official {args.dataset}-{args.pred_len} seed {args.seed}: MSE {result.get('test_mse')} "
-                  f"MAE {result.get('test_mae')} params {result.get('params_printed')}")
+            print(_result_line("official", args, result, result.get("params_printed"),
+                               str(result.get("test_windows"))), flush=True)
+            _exit_now_if_cut(result)
+            return 0 if result["completed"] else 1
         elif args.command == "ours":
             result = run_ours(args.data_dir, args.dataset, args.pred_len, args.seed, args.bf16, args.scan_backend,
                               args.epochs, args.device, args.official_balance)
             add_train_seconds(result, train_windows(args.data_dir, args.dataset, args.pred_len))
             write(args.out, result)
-            print(f"ours {args.dataset}-{args.pred_len} seed {args.seed}: MSE {result['test_mse']:.6f} "
-                  f"MAE {result['test_mae']:.6f} params {result['params']}")
+            print(_result_line("ours", args, result, result.get("params"),
+                               f"{result.get('test_windows')} of {result.get('test_windows_total')}"), flush=True)
+            _exit_now_if_cut(result)
+            return 0 if result["completed"] else 1
         elif args.command == "speed":
             out = args.out.resolve()
             write(out, run_speed(args.official_dir, args.data_dir, args.dataset, args.pred_len,

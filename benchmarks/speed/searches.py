@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from benchmarks.data.files import resolve_data_dir
 from benchmarks.speed.cases import DATASET
 from search.config import SearchConfig
+from search.group_trial import MEMBER_ROWS_KEY
 from search.runner import run_search
 
 # Tune stamps each report with whole seconds (int(time.time())), so two trials that ran one after the other can
@@ -19,19 +20,22 @@ TIMESTAMP_RESOLUTION_S = 1.0
 
 
 def search_throughput(gpu_share: float, trials: int, epochs: int, budget_s: float, data_dir: str | None,
-                      workdir: Path) -> dict[str, Any]:
-    """A search of MixMamba on weather (`trials` trials x `epochs` epochs, `gpu_share` GPU per trial, `budget_s`
-    seconds of time budget) in this process, with its Ray results and MLflow store under `workdir`, summarised."""
-    name = f"perf-gpu{gpu_share:g}"
+                      workdir: Path, fuse: int | str = "off") -> dict[str, Any]:
+    """A search of MixMamba on weather (`trials` trials x `epochs` epochs, `gpu_share` GPU per trial or fused
+    group, `budget_s` seconds of time budget, `fuse` as --fuse) in this process, with its Ray results and MLflow store
+    under `workdir`, summarised; trials are counted as members with fused groups."""
+    name = f"perf-gpu{gpu_share:g}-fuse{fuse}"
     config = SearchConfig(dataset=DATASET, trials=trials, epochs=epochs, gpus_per_trial=gpu_share,
                           time_budget_s=budget_s, name=name, storage_path=str(workdir / "ray"),
                           tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
-                          data_dir=str(resolve_data_dir(data_dir).resolve()))
+                          data_dir=str(resolve_data_dir(data_dir).resolve()), fuse=fuse)
     started = time.perf_counter()
     outcome = run_search(config)
     wall = time.perf_counter() - started
     summary = {"gpus_per_trial": gpu_share, "trials": trials, "epochs": epochs, "time_budget_s": budget_s,
-               "command": _equivalent_command(config), "interrupted": outcome.interrupted}
+               "fuse": fuse, "command": _equivalent_command(config) + f" --fuse {fuse}",
+               "interrupted": outcome.interrupted, "best_val_loss": outcome.best_value,
+               "best_test": outcome.best_test}
     summary.update(summarize_search(outcome.experiment_dir, outcome.counts, wall))
     return summary
 
@@ -59,16 +63,22 @@ def peak_concurrency(intervals: list[tuple[float, float]], resolution: float = 0
 
 
 def summarize_search(experiment_dir: Path, counts: Mapping[str, int], wall: float) -> dict[str, Any]:
-    """Trials/hour and trial outcomes of a finished search (`counts`: its SearchOutcome's trials per state), with
-    the epochs its trials reported and the peak number of trials running at once, from Tune's result files."""
+    """Trials/hour and trial outcomes of a finished search (`counts`: its SearchOutcome's trials per state; trials
+    the time budget skipped are not counted), with the epochs its trials (or fused groups' members) reported and
+    the peak number of Tune trials running at once, from Tune's result files."""
     trials = read_search_trials(experiment_dir)
     # A trial runs from its first report minus that report's iteration time until its last report.
     intervals = [(trial["reports"][0]["timestamp"] - trial["reports"][0].get("time_this_iter_s", 0.0),
                   trial["reports"][-1]["timestamp"]) for trial in trials]
-    epochs = [report["epoch_seconds"] for trial in trials for report in trial["reports"] if "epoch_seconds" in report]
+    # A plain trial reports each epoch's row; a fused group reports one row per member in each epoch's report.
+    rows = [row for trial in trials for report in trial["reports"]
+            for row in ([report] if "epoch_seconds" in report else
+                        [member_row for _, member_row in report.get(MEMBER_ROWS_KEY, [])])]
+    epochs = [row["epoch_seconds"] for row in rows]
     done = counts.get("finished", 0) + counts.get("stopped", 0)
     return {"wall_seconds": wall, "trials_reporting": len(trials), "trials_finished": counts.get("finished", 0),
             "trials_stopped_early": counts.get("stopped", 0), "trials_failed": counts.get("failed", 0),
+            "trials_skipped": counts.get("skipped", 0),
             "trials_per_hour": done * 3600 / wall, "epochs_reported": len(epochs),
             "epochs_per_hour": len(epochs) * 3600 / wall,
             "median_epoch_seconds": statistics.median(epochs) if epochs else None,

@@ -21,6 +21,7 @@ from benchmarks.data.files import DatasetFile, resolve_dataset
 from benchmarks.data.protocol import load_forecast_data
 from benchmarks.experiment import resolve_experiment
 from benchmarks.speed.report import RESULTS_DIR, device_name, device_slug, write_json
+from benchmarks.training.artifacts import WEIGHTS_FILE
 from benchmarks.training.callbacks import EpochReport, TrainingCallback
 from benchmarks.training.engine import resolve_device, run_experiment
 
@@ -64,7 +65,7 @@ def bench_model(model: str, *, data: DatasetFile, pred_len: int, device: str, li
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mixbench-bench-") as artifacts:
         run_experiment(experiment, callbacks=[recorder], artifact_dir=Path(artifacts))
-        weights = load_file(Path(artifacts) / "model" / "weights.safetensors")
+        weights = load_file(Path(artifacts) / WEIGHTS_FILE)
         parameters = sum(value.numel() for value in weights.values())
     wall = time.perf_counter() - started
     windows = load_forecast_data(data, experiment.protocol).train.num_windows

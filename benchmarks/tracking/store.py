@@ -153,6 +153,15 @@ def _probe(uri: str) -> None:
         return
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise TrackingError(f"{{setting}} {redact_uri(uri)} does not answer ({reason}); start the server "
-                            "(e.g. `mixbench ui`) or pass {setting} sqlite:///mlflow.db",
-                            setting="tracking_uri") from None
+        raise TrackingError(f"{{setting}} {redact_uri(uri)} does not answer ({reason}); {_start_hint(bare)} "
+                            "or pass {setting} sqlite:///mlflow.db", setting="tracking_uri") from None
+
+
+def _start_hint(parts: urllib.parse.SplitResult) -> str:
+    """How to bring up the server at `parts`: a command only where one can serve that address (plain http on
+    127.0.0.1 or localhost with an explicit port, where `mlflow server` listens by default). Not `mixbench ui`: it
+    refuses an http store ($MLFLOW_TRACKING_URI may be this one) and a store file that does not exist yet; `mlflow
+    server` creates the file."""
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost") and parts.port is not None:
+        return f"start one there (`mlflow server --backend-store-uri sqlite:///mlflow.db --port {parts.port}`)"
+    return "check that the server is running and reachable from here"

@@ -17,6 +17,7 @@ from benchmarks.training.evaluation import target_channels
 from benchmarks.training.plots import plot_expert_usage, plot_forecast
 
 FORECAST_WINDOWS = 3
+WEIGHTS_FILE = Path("model") / "weights.safetensors"   # a run's restored best weights, in its artifact folder
 
 
 def run_config(experiment: Experiment) -> dict[str, Any]:
@@ -32,11 +33,11 @@ def write_artifacts(directory: Path, experiment: Experiment, model: nn.Module, d
                     evaluated_windows: int, routing: dict[str, np.ndarray] | None) -> None:
     """config.yaml, model/weights.safetensors, plots/forecast.png (windows among the evaluated ones) and, for a
     model that reports routing, plots/experts.png."""
-    (directory / "model").mkdir(parents=True, exist_ok=True)
+    (directory / WEIGHTS_FILE).parent.mkdir(parents=True, exist_ok=True)
     (directory / "plots").mkdir(parents=True, exist_ok=True)
     config = run_config(experiment)
     (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    save_model(model, str(directory / "model" / "weights.safetensors"),
+    save_model(model, str(directory / WEIGHTS_FILE),
                metadata={"model": experiment.model, "model_config": json.dumps(config["model_config"])})
 
     target = target_channels(experiment.protocol.features)

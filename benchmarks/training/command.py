@@ -200,8 +200,8 @@ def train(model: str, dataset: str, pred_len: int, seq_len: int, features: str, 
               help="Interface to bind; 127.0.0.1 keeps the UI on this machine (any other needs --allow-remote).")
 @click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Port to serve on.")
 @click.option("--allow-remote", is_flag=True,
-              help="Allow a --host other than loopback: the MLflow UI has no login, so anyone who reaches the port "
-                   "can read and change every run.")
+              help="Allow a --host other than loopback, and a browser there to use any name of this machine: the "
+                   "MLflow UI has no login, so anyone who reaches the port can read and change every run.")
 def ui(tracking_uri: str | None, experiment_name: str, host: str, port: int, allow_remote: bool) -> None:
     """Open the MLflow UI on the store `mixbench train` and `mixbench search` log to (runs until Ctrl+C).
 
@@ -233,9 +233,7 @@ def ui(tracking_uri: str | None, experiment_name: str, host: str, port: int, all
     where = f"{base}/#/experiments/{experiment_id}/runs" if experiment_id is not None else base
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri, "--host", host,
                "--port", str(port), "--workers", "1"]
-    if _is_loopback(host):
-        # Only this machine's names pass MLflow's Host-header check (its default also lets private addresses in).
-        command += ["--allowed-hosts", f"127.0.0.1:{port},localhost:{port},[::1]:{port}"]
+    command += _server_access_flags(host, port)
     # The server's INFO lines (backends discovered, ...) are noise on a local run; its warnings still show.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PYTHONWARNINGS", "ignore:starlette.middleware.wsgi is deprecated")  # inside MLflow
@@ -243,6 +241,26 @@ def ui(tracking_uri: str | None, experiment_name: str, host: str, port: int, all
                "(Ctrl+C stops it)", err=True)
     sys.stdout.flush()
     os.execv(sys.executable, command)
+
+
+def _server_access_flags(host: str, port: int) -> list[str]:
+    """MLflow server flags for the Host and Origin headers it answers (MLflow 3 answers any other Host with 403
+    "Invalid Host header" and blocks a POST from any other Origin).
+
+    On loopback only this machine's names pass (MLflow's default would also let private addresses in). With
+    --allow-remote the browser may use any name of the machine (a DNS name, an SSH alias, a private or public
+    address), which cannot be listed up front: every Host header is accepted, and a POST from a page served on
+    this port under any name, so the UI's own requests work (other sites' pages, on other ports, stay blocked).
+    MLFLOW_SERVER_ALLOWED_HOSTS / MLFLOW_SERVER_CORS_ALLOWED_ORIGINS, when set, are left to take effect instead.
+    """
+    if _is_loopback(host):
+        return ["--allowed-hosts", f"127.0.0.1:{port},localhost:{port},[::1]:{port}"]
+    flags = []
+    if not os.environ.get("MLFLOW_SERVER_ALLOWED_HOSTS"):
+        flags += ["--allowed-hosts", "*"]
+    if not os.environ.get("MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"):
+        flags += ["--cors-allowed-origins", f"http://*:{port}"]
+    return flags
 
 
 def _is_loopback(host: str) -> bool:

@@ -12,7 +12,7 @@ from torch import nn
 from benchmarks.data.protocol import WindowedSplit
 from benchmarks.errors import SettingError
 from benchmarks.training.member_stack import MemberStack
-from benchmarks.training.step import at_least_float32
+from benchmarks.training.step import FusedEvalStep, at_least_float32
 
 ROUTING_NAMES = ("expert_share", "first_choice_share", "dropped_token_rate")
 
@@ -84,9 +84,11 @@ def evaluate(model: nn.Module | Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 def evaluate_members(stack: MemberStack, split: WindowedSplit, *, features: str, batch_size: int,
                      generators: list[torch.Generator], limit: int | None = None, bf16: bool = False,
-                     collect_routing: bool = False) -> list[Score]:
+                     collect_routing: bool = False, step: FusedEvalStep | None = None) -> list[Score]:
     """`evaluate` for every member of `stack` at once, each batch read once and shared by all members; member k
-    draws its random inputs from generators[k] (as its model alone would from the global generator)."""
+    draws its random inputs from generators[k] (as its model alone would from the global generator).
+
+    step: the array's FusedEvalStep (its CUDA graph kept from pass to pass), used unless routing is collected."""
     device = next(iter(stack.params.values())).device
     target = target_channels(features)
     stack.train(False)
@@ -98,15 +100,20 @@ def evaluate_members(stack: MemberStack, split: WindowedSplit, *, features: str,
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for batch in split.iter_batches(batch_size, limit=limit):
             draws = stack.draw(batch.x.shape[0], generators)
-            forecast, _, routing = stack.forward(batch.x, batch.x_mark, draws, shared_input=True,
-                                                 with_routing=tallies is not None)  # (K, B, pred_len, C_in)
-            error = at_least_float32(forecast[..., target]) - batch.y[..., target]
-            squared += error.square().sum(dim=(1, 2, 3), dtype=torch.float64)
-            absolute += error.abs().sum(dim=(1, 2, 3), dtype=torch.float64)
-            count += error[0].numel()
+            if step is not None and tallies is None:
+                sums = step(batch, draws)  # (K, 2) summed squared and absolute errors
+            else:
+                forecast, _, routing = stack.forward(batch.x, batch.x_mark, draws, shared_input=True,
+                                                     with_routing=tallies is not None)  # (K, B, pred_len, C_in)
+                error = at_least_float32(forecast[..., target]) - batch.y[..., target]
+                sums = torch.stack([error.square().sum(dim=(1, 2, 3), dtype=torch.float64),
+                                    error.abs().sum(dim=(1, 2, 3), dtype=torch.float64)], dim=1)
+                for member, tally in enumerate(tallies or ()):
+                    tally.add({name: value[member] for name, value in routing.items()}, batch.x.shape[0])
+            squared += sums[:, 0]
+            absolute += sums[:, 1]
+            count += batch.y[..., target].numel()
             windows += batch.x.shape[0]
-            for member, tally in enumerate(tallies or ()):
-                tally.add({name: value[member] for name, value in routing.items()}, batch.x.shape[0])
     if count == 0:
         raise SettingError(f"a split has no windows to evaluate ({{setting}}={limit}); use shorter windows or a "
                            "larger limit", setting="train.limit_eval_batches")

@@ -1,8 +1,9 @@
 """The fused engine: experiments that share every tensor shape trained as one stacked model (a fused training array).
 
 Each member keeps its own weights, optimiser state, random streams, learning rate and schedule, loss, dropout rates,
-early stopping and epochs; one forward/backward/optimiser step serves all of them. Members are tested on every test
-window and report through their own `TrainingCallback`s, exactly as `run_experiment` runs do.
+early stopping and epochs; one forward/backward/optimiser step serves all of them. Members leaving the array together
+are tested together on every test window and report through their own `TrainingCallback`s, exactly as
+`run_experiment` runs do.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -28,22 +29,29 @@ from benchmarks.training.engine import (
 from benchmarks.training.evaluation import evaluate_members, target_channels
 from benchmarks.training.member_stack import MemberStack
 from benchmarks.training.stacked_adam import StackedAdam
-from benchmarks.training.step import FusedTrainStep
+from benchmarks.training.step import FusedEvalStep, FusedTrainStep
 
 # TrainConfig fields each member of an array has its own value of; the others shape the shared step.
 MEMBER_TRAIN_FIELDS = ("epochs", "learning_rate", "optimizer", "weight_decay", "lradj", "patience", "loss",
                        "val_metric")
 
 
+def member_settings(model: str) -> frozenset[str]:
+    """The settings (`train.<name>`, `model.<name>`) each member of an array of `model` has its own value of:
+    MEMBER_TRAIN_FIELDS and the model plugin's `member_fields`; every other setting shapes the shared step."""
+    return frozenset({f"train.{name}" for name in MEMBER_TRAIN_FIELDS}
+                     | {f"model.{name}" for name in model_plugin(model).member_fields})
+
+
 def fusion_key(experiment: Experiment) -> str:
-    """What experiments must share to train as one array: the model and its settings (but its plugin's
-    `member_fields`), the dataset, protocol and device, and the training settings outside MEMBER_TRAIN_FIELDS
-    (batch size, bf16, compile, batch limits). Experiments with equal keys fuse."""
-    member_fields = model_plugin(experiment.model).member_fields
+    """What experiments must share to train as one array: the model and every setting outside `member_settings`
+    (model config, batch size, bf16, compile, batch limits), the dataset, protocol and device. Experiments with equal
+    keys fuse."""
+    own = member_settings(experiment.model)
     shared = {
         "model": experiment.model,
-        "config": {k: v for k, v in experiment.model_config_dict().items() if k not in member_fields},
-        "train": {name: getattr(experiment.train, name) for name in TRAIN_FIELDS if name not in MEMBER_TRAIN_FIELDS},
+        "config": {k: v for k, v in experiment.model_config_dict().items() if f"model.{k}" not in own},
+        "train": {name: getattr(experiment.train, name) for name in TRAIN_FIELDS if f"train.{name}" not in own},
         "data": [experiment.dataset, experiment.data.sha256], "protocol": dataclasses.asdict(experiment.protocol),
         "device": experiment.device,
     }
@@ -66,14 +74,18 @@ class _Member:
 
 
 def run_fused(experiments: Sequence[Experiment], *, callbacks: Sequence[Sequence[TrainingCallback]] | None = None,
-              artifact_dirs: Sequence[Path | None] | None = None) -> list[ExperimentResult | NonFiniteLossError]:
+              artifact_dirs: Sequence[Path | None] | None = None, after_epoch: Callable[[int], None] | None = None,
+              ) -> list[ExperimentResult | NonFiniteLossError]:
     """Train `experiments` as one fused array; each member as `run_experiment` would train it alone with the same
     seed, tested on every test window, its artifacts written. Results come back in the given order.
 
     callbacks[k] / artifact_dirs[k]: member k's (as run_experiment's `callbacks` / `artifact_dir`). A member leaves
     the array, and stops costing compute, when its early stopping fires, its epochs are done or one of its callbacks
-    raises StopTraining; a member that diverges leaves with NonFiniteLossError as its result (its callbacks get
-    on_failure) while the others go on. Any other error ends the whole array.
+    raises StopTraining; the members leaving after one epoch are then tested in one fused pass and their callbacks'
+    `on_end` called, while the others go on. A member that diverges leaves with NonFiniteLossError as its result (its
+    callbacks get on_failure). Any other error ends the whole array (on_failure for the members still in it).
+    after_epoch(epoch): called once the array's epoch has ended for every member (their on_epoch called), before
+    the members leaving are tested.
     Raises SettingError when the experiments do not share a `fusion_key` or ask for torch.compile.
     """
     experiments = list(experiments)
@@ -93,23 +105,27 @@ def run_fused(experiments: Sequence[Experiment], *, callbacks: Sequence[Sequence
         members.append(_Member(index, experiment, callbacks[index], clone_tensors(model.state_dict()), stream))
         models.append(model)
     started_at = time.time()
+    results: dict[int, ExperimentResult | NonFiniteLossError] = {}
+
+    def leave(leaving: list[_Member]) -> None:
+        for member, result in zip(leaving, _test(leaving, data, device, artifact_dirs, started_at)):
+            results[member.index] = result
+            if isinstance(result, ExperimentResult):
+                for callback in member.callbacks:
+                    callback.on_end(result)
+
     try:
         for member in members:
             for callback in member.callbacks:
                 callback.on_start(member.experiment, ())
-        _FusedTraining(members, MemberStack(models), data, device).fit()
-        results = _test(members, data, device, artifact_dirs, started_at)
+        _FusedTraining(members, MemberStack(models), data, device, leave, after_epoch).fit()
     except BaseException as error:
         for member in members:
-            if member.error is None:
+            if member.index not in results and member.error is None:
                 for callback in member.callbacks:
                     callback.on_failure(error)
         raise
-    for member, result in zip(members, results):
-        if isinstance(result, ExperimentResult):
-            for callback in member.callbacks:
-                callback.on_end(result)
-    return results
+    return [results[member.index] for member in members]
 
 
 def _check_fusable(experiments: list[Experiment]) -> None:
@@ -128,8 +144,11 @@ def _check_fusable(experiments: list[Experiment]) -> None:
 class _FusedTraining:
     """The epoch loop of an array: one shared step per batch, then each member's validation, schedule and stopping."""
 
-    def __init__(self, members: list[_Member], stack: MemberStack, data: Any, device: torch.device) -> None:
+    def __init__(self, members: list[_Member], stack: MemberStack, data: Any, device: torch.device,
+                 leave: Callable[[list[_Member]], None], after_epoch: Callable[[int], None] | None) -> None:
         first = members[0].experiment
+        self.leave = leave
+        self.after_epoch = after_epoch
         self.config = first.train  # the shared fields (batch size, bf16, limits)
         self.features = first.protocol.features
         self.active = list(members)
@@ -143,6 +162,8 @@ class _FusedTraining:
         self.step = FusedTrainStep(stack, optimizer, [train.loss for train in trains],
                                    target_channels(self.features), self.config.batch_size, bf16=self.config.bf16,
                                    cuda_graph=device.type == "cuda")
+        self.validation_step = FusedEvalStep(stack, target_channels(self.features), self.config.batch_size,
+                                             bf16=self.config.bf16, cuda_graph=device.type == "cuda")
 
     def fit(self) -> None:
         epoch = 0
@@ -156,16 +177,22 @@ class _FusedTraining:
                 scores = evaluate_members(self.stack, self.data.val, features=self.features,
                                           batch_size=self.config.batch_size,
                                           generators=[member.stream for member in self.active],
-                                          limit=self.config.limit_eval_batches, bf16=self.config.bf16)
+                                          limit=self.config.limit_eval_batches, bf16=self.config.bf16,
+                                          step=self.validation_step)
             seconds = time.perf_counter() - start
             staying = []
             for position, (member, score, train_loss) in enumerate(zip(self.active, scores, train_losses)):
                 if self._end_epoch(member, position, epoch, train_loss, score, seconds, samples / train_seconds):
                     staying.append(position)
+            if self.after_epoch is not None:
+                self.after_epoch(epoch)
             if len(staying) < len(self.active):
+                leaving = [member for position, member in enumerate(self.active) if position not in staying]
                 self.active = [self.active[position] for position in staying]
                 if self.active:
                     self.step.keep(torch.tensor(staying, device=self.device))
+                    self.validation_step.reset()
+                self.leave(leaving)
 
     def _end_epoch(self, member: _Member, position: int, epoch: int, train_loss: float, score: Any, seconds: float,
                    samples_per_s: float) -> bool:
@@ -214,8 +241,9 @@ class _FusedTraining:
 
 def _test(members: list[_Member], data: Any, device: torch.device, artifact_dirs: list[Path | None],
           started_at: float) -> list[ExperimentResult | NonFiniteLossError]:
-    """Every trained member's best weights tested in one fused pass over every test window; each member draws from
-    a generator seeded with its seed, as run_experiment's test does."""
+    """The best weights of `members` (leaving the array together) tested in one fused pass over every test window,
+    a diverged member's result its error; each member draws from a generator seeded with its seed, as
+    run_experiment's test does."""
     trained = [member for member in members if member.error is None]
     results: list[ExperimentResult | NonFiniteLossError] = [member.error for member in members]
     if not trained:
@@ -238,7 +266,7 @@ def _test(members: list[_Member], data: Any, device: torch.device, artifact_dirs
         given = artifact_dirs[member.index]
         artifact_dir = Path(given) if given is not None else Path(tempfile.mkdtemp(prefix="mixbench-"))
         write_artifacts(artifact_dir, experiment, model, data, test.windows, test.routing)
-        results[member.index] = ExperimentResult(
+        results[members.index(member)] = ExperimentResult(
             experiment=experiment, best_epoch=tracker.best_epoch, best_val_loss=tracker.best_val_loss,
             epochs_run=tracker.epoch, test_mse=test.mse, test_mae=test.mae, history=tuple(tracker.history),
             artifact_dir=artifact_dir, test_windows=test.windows, test_windows_total=test.total,

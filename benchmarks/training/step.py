@@ -1,5 +1,5 @@
 """One training step: the optimiser beside the model, and forward + loss + backward + optimiser step, captured as one
-CUDA graph on a GPU."""
+CUDA graph on a GPU; and a fused array's evaluation pass, captured the same way."""
 from __future__ import annotations
 
 import logging
@@ -33,22 +33,22 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) 
 
 
 class CapturedStep:
-    """A training step (forward, loss, backward, optimiser step) that replays as one CUDA graph for full batches.
+    """A step on a batch (a training step, or an evaluation pass's forward) that replays as one CUDA graph for full
+    batches.
 
-    Subclasses say what the loss is (`_loss`); this class owns the graph. With `cuda_graph`, full batches replay
-    one CUDA graph of the whole step, optimiser included: one launch per step instead of the hundreds of small
+    Subclasses say what the step is (`_step`); this class owns the graph. With `cuda_graph`, full batches replay
+    one CUDA graph of the whole step (a training step's optimiser included): one launch per step instead of the hundreds of small
     kernels Python would issue, which is what bounds these models on a GPU. The first GRAPH_WARMUP_STEPS full
     batches run eagerly on a side stream, as torch.cuda.graphs prescribes: they create the optimiser state, library
     workspaces and compiled code, none of which a capture may do. A batch of another size (each epoch's last,
     partial one) runs eagerly: a shape seen once per epoch is cheaper to run than to capture or compile. If the
-    capture fails, the step logs why (`capture_error`) and stays eager. No host synchronisation: losses stay on
+    capture fails, the step logs why (`capture_error`) and stays eager. No host synchronisation: results stay on
     the device.
     """
 
     batch_dim = 0  # the dim of the first input that counts a batch's windows
 
-    def __init__(self, optimizer: Any, batch_size: int, device: torch.device, *, cuda_graph: bool = False) -> None:
-        self.optimizer = optimizer
+    def __init__(self, batch_size: int, device: torch.device, *, cuda_graph: bool = False) -> None:
         self.batch_size = batch_size
         self.device = device
         self.cuda_graph = cuda_graph and device.type == "cuda"
@@ -56,7 +56,7 @@ class CapturedStep:
         self._warmup_left = GRAPH_WARMUP_STEPS
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_inputs: tuple[torch.Tensor, ...] = ()
-        self._static_loss: torch.Tensor | None = None
+        self._static_result: torch.Tensor | None = None
         self._side_stream: torch.cuda.Stream | None = None
 
     @property
@@ -67,39 +67,35 @@ class CapturedStep:
     def reset(self) -> None:
         """Forget the captured graph (the parameters or input shapes changed); the next full batches warm up and
         capture again."""
-        self._graph, self._static_inputs, self._static_loss = None, (), None
+        self._graph, self._static_inputs, self._static_result = None, (), None
         self._warmup_left = GRAPH_WARMUP_STEPS
 
-    def _loss(self, inputs: tuple[torch.Tensor, ...], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the loss to differentiate, the loss to report) of a batch; `full`: a batch of `batch_size` windows."""
+    def _step(self, inputs: tuple[torch.Tensor, ...], full: bool) -> torch.Tensor:
+        """Run the step eagerly on a batch; what it reports. `full`: a batch of `batch_size` windows."""
         raise NotImplementedError
 
+    def _before_capture(self) -> None:
+        """Called before a capture starts and after one fails."""
+
     def _run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """The reported loss of one step on `inputs` (batch first in inputs[0]'s `batch_dim`). A graphed step returns
-        the same tensor each time, which the next step overwrites: use it before then (adding it to a running total
-        is enough)."""
+        """What one step on `inputs` reports (batch first in inputs[0]'s `batch_dim`). A graphed step returns the
+        same tensor each time, which the next step overwrites: use it before then (adding it to a running total is
+        enough)."""
         if inputs[0].shape[self.batch_dim] != self.batch_size:
-            return self._eager(inputs, full=False)
+            return self._step(inputs, full=False)
         if not self.cuda_graph:
-            return self._eager(inputs, full=True)
+            return self._step(inputs, full=True)
         if self._graph is None:
             if self._warmup_left > 0:
                 self._warmup_left -= 1
                 return self._eager_on_side_stream(inputs)
             self._capture(inputs)
             if self._graph is None:
-                return self._eager(inputs, full=True)
+                return self._step(inputs, full=True)
         for static, fresh in zip(self._static_inputs, inputs):
             static.copy_(fresh)
         self._graph.replay()
-        return self._static_loss
-
-    def _eager(self, inputs: tuple[torch.Tensor, ...], full: bool) -> torch.Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, reported = self._loss(inputs, full)
-        loss.backward()
-        self.optimizer.step()
-        return reported.detach()
+        return self._static_result
 
     def _eager_on_side_stream(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if self._side_stream is None:
@@ -107,32 +103,52 @@ class CapturedStep:
         main = torch.cuda.current_stream(self.device)
         self._side_stream.wait_stream(main)
         with torch.cuda.stream(self._side_stream):
-            loss = self._eager(inputs, full=True)
+            reported = self._step(inputs, full=True)
         main.wait_stream(self._side_stream)
-        return loss
+        return reported
 
     def _capture(self, inputs: tuple[torch.Tensor, ...]) -> None:
         self._static_inputs = tuple(t.clone() for t in inputs)
-        # Gradients set to None now are allocated inside the capture, from the graph's own memory pool.
-        self.optimizer.zero_grad(set_to_none=True)
+        self._before_capture()
         graph = torch.cuda.CUDAGraph()
         try:
             # thread_local: Ray Tune trains in a worker thread; other threads' CUDA calls must not void the capture.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                loss, reported = self._loss(self._static_inputs, full=True)
-                loss.backward()
-                self.optimizer.step()
+                reported = self._step(self._static_inputs, full=True)
         except RuntimeError as error:
-            self.optimizer.zero_grad(set_to_none=True)
+            self._before_capture()
             self.cuda_graph = False
             self.capture_error = str(error).splitlines()[0] if str(error) else type(error).__name__
-            logger.warning("CUDA graph capture of the training step failed, training eagerly: %s",
+            logger.warning("CUDA graph capture of %s failed, running eagerly: %s", type(self).__name__,
                            self.capture_error)
             return
-        self._graph, self._static_loss = graph, reported.detach()
+        self._graph, self._static_result = graph, reported
 
 
-class TrainStep(CapturedStep):
+class OptimizerStep(CapturedStep):
+    """A training step: forward, the loss subclasses define (`_loss`), backward and the optimiser's step."""
+
+    def __init__(self, optimizer: Any, batch_size: int, device: torch.device, *, cuda_graph: bool = False) -> None:
+        super().__init__(batch_size, device, cuda_graph=cuda_graph)
+        self.optimizer = optimizer
+
+    def _loss(self, inputs: tuple[torch.Tensor, ...], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to differentiate, the loss to report) of a batch; `full`: a batch of `batch_size` windows."""
+        raise NotImplementedError
+
+    def _step(self, inputs: tuple[torch.Tensor, ...], full: bool) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, reported = self._loss(inputs, full)
+        loss.backward()
+        self.optimizer.step()
+        return reported.detach()
+
+    def _before_capture(self) -> None:
+        # Gradients set to None now are allocated inside the capture, from the graph's own memory pool.
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class TrainStep(OptimizerStep):
     """One training step of one model on a batch: forward, forecast loss plus auxiliary loss, backward, optimiser
     step (see CapturedStep for the CUDA graph).
 
@@ -168,7 +184,33 @@ class TrainStep(CapturedStep):
         return loss, loss
 
 
-class FusedTrainStep(CapturedStep):
+class _StackInputs:
+    """What the steps of a fused array share: a batch and the members' random draws as the step's inputs, and the
+    stack's forward on them."""
+
+    stack: MemberStack
+    device: torch.device
+    bf16: bool
+    _draw_names: tuple[str, ...] = ()
+
+    def __call__(self, batch: WindowBatch, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The step on `batch` (see the class's own docstring for what it returns); `draws`: the members' random
+        inputs (MemberStack.draw)."""
+        self._draw_names = tuple(draws)
+        return self._run((batch.x, batch.y, batch.x_mark, *draws.values()))  # type: ignore[attr-defined]
+
+    def _forward(self, inputs: tuple[torch.Tensor, ...], *, shared_input: bool = False,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(forecast (K, B, pred_len, C_in), aux_loss (K,), y) of the step's inputs."""
+        x, y, x_mark, *draws = inputs
+        # No autocast weight cache: cached casts must not outlive a graph capture (torch.cuda.graphs docs).
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            forecast, aux_loss, _ = self.stack.forward(x, x_mark, dict(zip(self._draw_names, draws)),
+                                                       shared_input=shared_input)
+        return forecast, aux_loss, y
+
+
+class FusedTrainStep(_StackInputs, OptimizerStep):
     """One training step of every member of a MemberStack at once: each member's forecast loss ("mse" or "mae",
     per member) plus its auxiliary loss; backward through their sum, which gives each member exactly its own
     gradient, and one StackedAdam step (see CapturedStep for the CUDA graph).
@@ -186,12 +228,6 @@ class FusedTrainStep(CapturedStep):
         self.mae_members = torch.tensor([loss == "mae" for loss in losses], device=device)
         self.target = target
         self.bf16 = bf16
-        self._draw_names: tuple[str, ...] = ()
-
-    def __call__(self, batch: WindowBatch, draws: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Every member's training loss on its batch, (K,); `draws`: the members' random inputs (MemberStack.draw)."""
-        self._draw_names = tuple(draws)
-        return self._run((batch.x, batch.y, batch.x_mark, *draws.values()))
 
     def keep(self, members: torch.Tensor) -> None:
         """Keep only the members at `members` (a 1-D long tensor on the device), in that order: in the stack, the
@@ -203,14 +239,32 @@ class FusedTrainStep(CapturedStep):
         self.reset()
 
     def _loss(self, inputs: tuple[torch.Tensor, ...], full: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y, x_mark, *draws = inputs
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            forecast, aux_loss, _ = self.stack.forward(x, x_mark, dict(zip(self._draw_names, draws)))  # (K,B,P,C)
+        forecast, aux_loss, y = self._forward(inputs)
         error = at_least_float32(forecast[..., self.target]) - y[..., self.target]
         forecast_loss = torch.where(self.mae_members, error.abs().mean(dim=(1, 2, 3)),
                                     error.square().mean(dim=(1, 2, 3)))
         losses = forecast_loss + at_least_float32(aux_loss)  # (K,)
         return losses.sum(), losses
+
+
+class FusedEvalStep(_StackInputs, CapturedStep):
+    """The forward of an evaluation pass of every member of a MemberStack on one shared batch: each member's summed
+    squared and absolute errors over the `target` channels, (K, 2) in float64 (see CapturedStep for the CUDA graph:
+    an epoch's validation replays it, as training does its step). Call `reset` when the stack's members change."""
+
+    def __init__(self, stack: MemberStack, target: slice, batch_size: int, *, bf16: bool = False,
+                 cuda_graph: bool = False) -> None:
+        super().__init__(batch_size, next(iter(stack.params.values())).device, cuda_graph=cuda_graph)
+        self.stack = stack
+        self.target = target
+        self.bf16 = bf16
+
+    def _step(self, inputs: tuple[torch.Tensor, ...], full: bool) -> torch.Tensor:
+        with torch.no_grad():
+            forecast, _, y = self._forward(inputs, shared_input=True)
+            error = at_least_float32(forecast[..., self.target]) - y[..., self.target]
+            return torch.stack([error.square().sum(dim=(1, 2, 3), dtype=torch.float64),
+                                error.abs().sum(dim=(1, 2, 3), dtype=torch.float64)], dim=1)
 
 
 def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,7 @@ def test_own_target_is_last_and_the_split_rule_is_the_one_added(tmp_path, capsys
     (["data", "add", "plant", "{csv}", "--split", "50/10/10"], "must each be positive and add up to 100"),
     (["data", "add", "plant", "{csv}", "--split", "months"], "is not a split rule"),
     (["data", "add", "plant", "{csv}", "--target", "OT"], "'OT' is not a column of"),
-    (["data", "add", "plant", "{missing}"], "is not a file"),
+    (["data", "add", "plant", "{missing}"], "does not exist"),
     (["data", "add", "plant", "{nan}"], "missing or NaN value at row 3"),
     (["data", "add", "plant", "{backwards}"], "go back in time at row 2"),
 ])
@@ -104,6 +104,33 @@ def test_bad_own_data_is_one_line_and_exit_2(tmp_path, capsys, args, fragment):
     code, _, err = run_main([arg.format(**paths) for arg in args], capsys)
     assert code == 2 and err.startswith("error: ") and fragment in err, err
     assert err.count("\n") == 1
+
+
+NO_SUCH_CSV = "does not exist; give the path of a CSV or a registered name (`mixbench data list`)\n"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["data", "add", "plant", "{missing}"], "error: the file {missing} does not exist\n"),
+    (["data", "add", "plant", "{missing}", "--date-column", "timestamp"], "error: the file {missing} does not exist\n"),
+    (["data", "info", "{missing}"], "error: dataset {missing} " + NO_SUCH_CSV),
+    (["train", "--model", "dlinear", "--dataset", "{missing}", "--pred-len", "12"],
+     "error: --dataset {missing} " + NO_SUCH_CSV),
+])
+def test_a_missing_file_is_called_missing(tmp_path, args, expected):
+    """Not "not a file; give the path of a CSV with a `date` column": the column is beside the point when there is
+    no file, and `data add --date-column` may name another."""
+    paths = {"missing": tmp_path / "nope.csv"}
+    code, out, err = mixbench(*(arg.format(**paths) for arg in args))
+    assert (code, out, err) == (2, "", expected.format(**paths))
+
+
+def test_a_folder_given_as_the_csv_is_one_line_and_exit_2(tmp_path):
+    folder = tmp_path / "plant.csv"
+    folder.mkdir()
+    code, out, err = mixbench("data", "info", str(folder))
+    assert (code, out, err) == (2, "", f"error: dataset {folder} is not a file; give the path of a CSV\n")
+    code, out, err = mixbench("data", "add", "plant", str(folder))
+    assert code == 2 and err.startswith("error: ") and "is a directory" in err and err.count("\n") == 1
 
 
 def test_adding_twice_needs_force_and_a_changed_file_is_refused(tmp_path, capsys):

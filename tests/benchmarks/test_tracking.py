@@ -7,7 +7,10 @@ import http.server
 import os
 import pickle
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -189,6 +192,54 @@ def test_a_server_that_does_not_answer_is_a_one_line_tracking_error():
     assert "\n" not in message and message.startswith(f"--tracking-uri http://***@127.0.0.1:{port} does not answer")
     assert message.endswith("or pass --tracking-uri sqlite:///mlflow.db")
     assert "s3cret" not in message and "alice" not in message
+
+
+def unanswered_uri_message(uri: str) -> str:
+    with pytest.raises(TrackingError) as error:
+        TrackingStore.resolve(uri)
+    return error.value.render(lambda setting: "--" + setting.replace("_", "-"))
+
+
+@pytest.mark.slow
+def test_the_fix_named_for_a_local_server_that_does_not_answer_starts_it(tmp_path):
+    """The hint's command works where the user is: not `mixbench ui`, which refuses an http store (here
+    $MLFLOW_TRACKING_URI) and a store file that does not exist yet."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    message = unanswered_uri_message(uri)
+    command = message.split("`")[1]
+    assert command == f"mlflow server --backend-store-uri sqlite:///mlflow.db --port {port}", message
+    program, *args = command.split()
+    server = subprocess.Popen([str(Path(sys.executable).with_name(program)), *args], cwd=tmp_path,
+                              env=os.environ | {"MLFLOW_TRACKING_URI": uri},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                assert TrackingStore.resolve(uri).is_server
+                break
+            except TrackingError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert (tmp_path / "mlflow.db").is_file()
+
+
+@pytest.mark.parametrize("uri", ["http://mlflow.invalid:5000", "https://127.0.0.1:{port}", "http://127.0.0.1"])
+def test_a_server_no_local_command_can_start_is_not_given_one(uri):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    message = unanswered_uri_message(uri.format(port=port))
+    assert "check that the server is running and reachable from here or pass --tracking-uri sqlite:///mlflow.db" \
+        in message
+    assert "mixbench ui" not in message and "`" not in message
 
 
 def test_any_http_answer_counts_as_reachable():

@@ -5,8 +5,23 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mixmamba.router import TopKRouter
+
+
+def dense_combine(routing):
+    """The official dense combine (G, n, E, c) from the router's index form: each request's gate at its slot."""
+    num_experts, capacity = routing.stats.expert_share.shape[0], routing.stats.capacity
+    slots = F.one_hot(routing.request_slots, num_experts * capacity + 1)[..., :-1].to(routing.request_gates.dtype)
+    top_k, groups, length = routing.request_slots.shape
+    return (routing.request_gates[..., None] * slots).sum(0).reshape(groups, length, num_experts, capacity)
+
+
+def dense_dispatch(routing):
+    """The official dense dispatch: 1 at a filled slot, carrying combine's gradient (straight-through)."""
+    combine = dense_combine(routing)
+    return combine.bool().to(combine.dtype) + (combine - combine.detach())
 
 
 def make_router(d_model=8, num_experts=4, top_k=2, **kwargs):
@@ -34,8 +49,8 @@ def test_capacity_is_never_exceeded(num_experts, top_k, group_size, training, of
     x = torch.randn(3, group_size, 8, dtype=torch.float64)
     routing = router(x, route_draws=torch.zeros(top_k - 1, 3, group_size, dtype=torch.float64))
     capacity = router.capacity(group_size)
-    assert routing.combine.shape == (3, group_size, num_experts, capacity)
-    kept = routing.combine > 0  # (G, n, E, c)
+    assert dense_combine(routing).shape == (3, group_size, num_experts, capacity)
+    kept = dense_combine(routing) > 0  # (G, n, E, c)
     assert kept.sum(dim=-1).max() <= 1  # a token holds at most one slot per expert
     if official and top_k >= 3:
         # the official offsets may put two tokens in one slot (see the slot test below); slots stay < capacity
@@ -58,9 +73,9 @@ def test_train_and_eval_capacity():
     two.eval()
     assert two.capacity(12) == 12  # min(n, int(12 * 2.0 / 2))
     x = torch.randn(2, 40, 8, dtype=torch.float64)
-    assert router(x).combine.shape[-1] == 20
+    assert dense_combine(router(x)).shape[-1] == 20
     router.train()
-    assert router(x).combine.shape[-1] == 12
+    assert dense_combine(router(x)).shape[-1] == 12
 
 
 def test_combine_weights_of_kept_tokens_equal_their_renormalised_gates():
@@ -69,8 +84,8 @@ def test_combine_weights_of_kept_tokens_equal_their_renormalised_gates():
     routing = router(x, route_draws=torch.zeros(2, 2, 10, dtype=torch.float64))  # every choice requested
     gates, experts = renormalised_top_gates(router, x)
     expected = torch.zeros(2, 10, 4, dtype=torch.float64).scatter(-1, experts, gates)
-    torch.testing.assert_close(routing.combine.sum(-1), expected, rtol=0, atol=1e-15)
-    assert torch.equal(routing.dispatch, (routing.combine > 0).double())
+    torch.testing.assert_close(dense_combine(routing).sum(-1), expected, rtol=0, atol=1e-15)
+    assert torch.equal(dense_dispatch(routing), (dense_combine(routing) > 0).double())
 
 
 def test_later_choices_are_taken_with_probability_gate_over_threshold():
@@ -79,21 +94,21 @@ def test_later_choices_are_taken_with_probability_gate_over_threshold():
     draws = torch.rand(1, 1, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     routing = router(x, route_draws=draws)
     gates, experts = renormalised_top_gates(router, x)
-    taken_second = routing.combine.sum(-1).gather(-1, experts[..., 1:2])[..., 0] > 0  # (1, 30)
+    taken_second = dense_combine(routing).sum(-1).gather(-1, experts[..., 1:2])[..., 0] > 0  # (1, 30)
     expected = draws[0] < gates[..., 1] / 0.2
     assert torch.equal(taken_second, expected)
     assert 0 < expected.sum() < 30  # the draws decide both ways here
     # first choices are always taken (capacity allows)
-    assert (routing.combine.sum(-1).gather(-1, experts[..., :1]) > 0).all()
+    assert (dense_combine(routing).sum(-1).gather(-1, experts[..., :1]) > 0).all()
 
 
 def test_same_generator_seed_gives_the_same_routing():
     router = make_router(num_experts=4, top_k=2, noise=1.0)
     x = torch.randn(2, 12, 8, dtype=torch.float64)
     router.generator = torch.Generator().manual_seed(7)
-    first = router(x).combine
+    first = dense_combine(router(x))
     router.generator = torch.Generator().manual_seed(7)
-    assert torch.equal(router(x).combine, first)
+    assert torch.equal(dense_combine(router(x)), first)
 
 
 def test_noise_is_gumbel_on_the_logits_and_z_loss_ignores_it():
@@ -155,12 +170,12 @@ def test_official_slot_offsets_let_a_third_choice_share_a_first_choice_slot():
     x = torch.eye(2, dtype=torch.float64)[[0, 0, 1]].view(1, 3, 2)
     draws = torch.zeros(2, 1, 3, dtype=torch.float64)
     official = one_hot_tokens_router([[0, 1, 2], [1, 2, 0]])
-    slots = official(x, route_draws=draws).dispatch[0, :, 0]  # (n, c) of expert 0
+    slots = dense_dispatch(official(x, route_draws=draws))[0, :, 0]  # (n, c) of expert 0
     # the official code offsets third choices by the second choices' count only (0 at expert 0): slot 0 again
     assert slots[0, 0] == 1 and slots[2, 0] == 1
     fixed = one_hot_tokens_router([[0, 1, 2], [1, 2, 0]])
     fixed.official_slot_offsets = False
-    slots = fixed(x, route_draws=draws).dispatch[0, :, 0]
+    slots = dense_dispatch(fixed(x, route_draws=draws))[0, :, 0]
     assert slots[0, 0] == 1 and slots[1, 1] == 1 and slots[2, 2] == 1 and slots[:, 0].sum() == 1
 
 
@@ -169,21 +184,21 @@ def test_first_choices_fill_slots_before_second_choices_in_sequence_order():
     router = one_hot_tokens_router([[0, 1, 2], [1, 0, 2]])
     router.top_k = 2
     routing = router(x, route_draws=torch.zeros(1, 1, 4, dtype=torch.float64))
-    slot_of = routing.dispatch[0].argmax(-1)  # (n, E) slot per token and expert
+    slot_of = dense_dispatch(routing)[0].argmax(-1)  # (n, E) slot per token and expert
     assert slot_of[:, 0].tolist() == [0, 2, 1, 3]  # expert 0: tokens 0, 2 first; then tokens 1, 3 as second choice
     assert slot_of[:, 1].tolist() == [2, 0, 3, 1]
 
 
-def test_dispatch_passes_gradients_straight_through_to_the_gate():
-    router = make_router(num_experts=4)
-    x = torch.randn(2, 12, 8, dtype=torch.float64)
+def test_index_form_names_one_slot_per_filled_request_and_the_spare_slot_otherwise():
+    router = make_router(num_experts=4, top_k=2, min_capacity=2, capacity_factor_train=0.0)  # drops requests
+    x = torch.randn(3, 12, 8, dtype=torch.float64)
     routing = router(x)
-    assert set(routing.dispatch.detach().unique().tolist()) <= {0.0, 1.0}
-    weights = torch.randn_like(routing.dispatch)
-    (through_dispatch,) = torch.autograd.grad((routing.dispatch * weights).sum(), router.gate.weight, retain_graph=True)
-    (through_combine,) = torch.autograd.grad((routing.combine * weights).sum(), router.gate.weight)
-    assert through_dispatch.abs().sum() > 0
-    torch.testing.assert_close(through_dispatch, through_combine)
+    spare = 4 * routing.stats.capacity
+    filled = routing.request_slots < spare
+    assert filled.any() and (~filled).any()
+    assert torch.equal(routing.request_gates > 0, filled)
+    _, experts = renormalised_top_gates(router, x)
+    assert torch.equal((routing.request_slots // routing.stats.capacity)[filled], experts.permute(2, 0, 1)[filled])
 
 
 def test_stats_count_shares_and_drops():
@@ -205,6 +220,6 @@ def test_coin_flips_also_decide_in_eval_mode_as_the_official_code():
     router = make_router(num_experts=4, top_k=2, min_capacity=32)
     router.eval()
     x = 4 * torch.randn(1, 30, 8, dtype=torch.float64)
-    always = router(x, route_draws=torch.zeros(1, 1, 30, dtype=torch.float64)).combine
-    rarely = router(x, route_draws=torch.full((1, 1, 30), 0.999, dtype=torch.float64)).combine
+    always = dense_combine(router(x, route_draws=torch.zeros(1, 1, 30, dtype=torch.float64)))
+    rarely = dense_combine(router(x, route_draws=torch.full((1, 1, 30), 0.999, dtype=torch.float64)))
     assert (always > 0).sum() > (rarely > 0).sum()

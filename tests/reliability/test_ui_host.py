@@ -2,6 +2,7 @@
 line naming the risk (the MLflow UI has no login)."""
 from __future__ import annotations
 
+import http.client
 import socket
 import subprocess
 import sys
@@ -54,6 +55,71 @@ def test_allow_remote_serves_with_one_warning_line(store):
             time.sleep(0.2)
         else:
             raise AssertionError("the UI did not start")
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+
+
+def serve(store: str, port: int, *flags: str) -> subprocess.Popen:
+    """`mixbench ui` on `port`, returned once it accepts connections."""
+    ui = subprocess.Popen([str(MIXBENCH), "ui", "--tracking-uri", store, "--port", str(port), *flags],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return ui
+        if ui.poll() is not None:
+            raise AssertionError(f"the UI exited with {ui.returncode}")
+        time.sleep(0.2)
+    ui.terminate()
+    raise AssertionError("the UI did not start")
+
+
+def request(port: int, host: str, method: str = "GET", path: str = "/", body: str | None = None) -> tuple[int, str]:
+    """One request to the UI on 127.0.0.1:`port` as a browser that reached it under the name `host` sends it
+    (Host header, and the Origin header browsers add to a POST)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Host": f"{host}:{port}"}
+        if method == "POST":
+            headers |= {"Origin": f"http://{host}:{port}", "Content-Type": "application/json"}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+SEARCH_RUNS = ("/ajax-api/2.0/mlflow/runs/search", '{"experiment_ids": ["0"], "max_results": 1}')
+
+
+@pytest.mark.slow
+def test_allow_remote_answers_a_browser_that_uses_a_host_name(store):
+    """MLflow 3's server answers 403 'Invalid Host header' to any name but localhost and private IPs, and blocks a
+    POST whose Origin is not localhost: with --allow-remote the UI is meant to be reached by name from elsewhere."""
+    port = free_port()
+    ui = serve(store, port, "--host", "0.0.0.0", "--allow-remote")
+    try:
+        for name in ("mixbench-ui.example.org", "gpu-box"):
+            status, text = request(port, name)
+            assert status == 200, text[:200]
+            status, text = request(port, name, "POST", *SEARCH_RUNS)
+            assert status == 200, text[:200]
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_loopback_ui_answers_only_this_machines_names(store):
+    port = free_port()
+    ui = serve(store, port)
+    try:
+        assert request(port, "localhost")[0] == 200
+        assert request(port, "127.0.0.1", "POST", *SEARCH_RUNS)[0] == 200
+        status, text = request(port, "mixbench-ui.example.org")
+        assert status == 403 and "Invalid Host header" in text
     finally:
         ui.terminate()
         ui.wait(timeout=30)

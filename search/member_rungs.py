@@ -1,0 +1,92 @@
+"""ASHA for the members of fused groups: one Ray actor holds every rung of a search, so a member is stopped against
+all members of all groups, exactly as Ray Tune's ASHAScheduler stops whole trials; its state is kept in the search's
+folder so `--resume` goes on with the same rungs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from benchmarks.training.callbacks import EpochReport, StopTraining, TrainingCallback
+
+REDUCTION_FACTOR = 4   # Ray Tune's ASHAScheduler default: the best quarter of each rung goes on
+GRACE_PERIOD = 1
+# Below the search's folder: its top-level files are what --resume checks against recorded digests, and the actor
+# rewrites this one at any time.
+RUNGS_FILE = Path("member_rungs") / "rungs.json"
+
+
+def milestones(max_epochs: int, grace_period: int = GRACE_PERIOD, reduction_factor: int = REDUCTION_FACTOR) -> list[int]:
+    """The epochs at which ASHA decides, as Ray's ASHAScheduler places them: grace * rf^k below max_t."""
+    found, epoch = [], grace_period
+    while epoch < max_epochs:
+        found.append(epoch)
+        epoch *= reduction_factor
+    return found
+
+
+class Rungs:
+    """The validation losses recorded per milestone and the decisions taken; `decide` is ASHA's rule for minimising."""
+
+    def __init__(self, max_epochs: int, path: str) -> None:
+        self.path = Path(path)
+        self.milestones = milestones(max_epochs)
+        # milestone -> member -> (validation loss, whether it went on)
+        self.recorded: dict[int, dict[str, tuple[float, bool]]] = {milestone: {} for milestone in self.milestones}
+        if self.path.is_file():
+            for milestone, entries in json.loads(self.path.read_text()).items():
+                self.recorded.setdefault(int(milestone), {}).update(
+                    {member: (value, keep) for member, (value, keep) in entries.items()})
+
+    def decide(self, member: str, epoch: int, value: float) -> bool:
+        """Whether member `member`, with validation loss `value` after `epoch` epochs, goes on: at a milestone it has
+        not reached before, it stops when worse than the best 1/rf of the values recorded there so far. A member
+        that comes back to a milestone (its group ran again after a failure or `--resume`) gets its first answer."""
+        if epoch not in self.recorded:
+            return True
+        recorded = self.recorded[epoch]
+        if member in recorded:
+            return recorded[member][1]
+        finite = [seen for seen, _ in recorded.values() if math.isfinite(seen)]
+        keep = not finite or not math.isfinite(value) or value <= float(np.percentile(finite, 100 / REDUCTION_FACTOR))
+        recorded[member] = (value if math.isfinite(value) else math.inf, keep)
+        self._save()
+        return keep
+
+    def _save(self) -> None:
+        """Write the rungs atomically: a search killed mid-write keeps the previous file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({str(milestone): entries for milestone, entries in self.recorded.items()}))
+        os.replace(temporary, self.path)
+
+
+def rungs_actor(name: str, max_epochs: int, folder: Path) -> ray.actor.ActorHandle:
+    """The search's rung actor (created once, found again by name); it needs no CPU of the trials'."""
+    actor = ray.remote(num_cpus=0)(Rungs)
+    return actor.options(name=actor_name(name), get_if_exists=True, lifetime=None).remote(
+        max_epochs, str(folder / RUNGS_FILE))
+
+
+def actor_name(search_name: str) -> str:
+    return f"mixbench-rungs-{search_name}"
+
+
+class RungCallback(TrainingCallback):
+    """A member's ASHA decision after each epoch: StopTraining when the rungs say stop (the member keeps its best
+    weights and is tested like any other; its run is marked stopped)."""
+
+    def __init__(self, rungs: ray.actor.ActorHandle, member: str) -> None:
+        self.rungs = rungs
+        self.member = member
+        self.pruned = False
+
+    def on_epoch(self, report: EpochReport) -> None:
+        if not ray.get(self.rungs.decide.remote(self.member, report.epoch, report.val_loss)):
+            self.pruned = True
+            raise StopTraining(f"ASHA stopped {self.member} at epoch {report.epoch}")

@@ -36,7 +36,8 @@ def _seq_len_choices(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--epochs", type=int, default=DEFAULT_EPOCHS, show_default=True,
               help="Epochs per trial (ASHA's max_t; its grace period is 1 epoch).")
 @click.option("--gpus-per-trial", type=float, default=None,
-              help=f"GPU share per trial, e.g. 0.25 packs 4 trials on a GPU (each caps its memory to that share). "
+              help=f"GPU share per trial (or fused group): 1/n of a GPU, e.g. 0.25 packs 4 on a GPU (each caps its "
+                   f"memory to that share), or whole GPUs. "
                    f"[default: {DEFAULT_GPU_SHARE} with GPUs, else 0]")
 @click.option("--cpus-per-trial", type=float, default=None,
               help=f"CPUs per trial (also its torch threads). [default: the cluster's CPUs split between the trials "

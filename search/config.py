@@ -115,6 +115,12 @@ def resolve_resources(config: SearchConfig, cpus: float, gpus: float) -> SearchC
     if gpu_share > gpus:
         raise SettingError(f"{{setting}} {gpu_share} but the cluster has {gpus:g} GPUs; lower it (0 = CPU only)",
                            setting="gpus_per_trial")
+    if 0 < gpu_share < 1 and abs(1 / gpu_share - round(1 / gpu_share)) > 1e-6:
+        # Each GPU then keeps a remainder no trial fits in, and Ray's fractional accounting has let trials be placed
+        # on such remainders (Ray issue 5902); with 1/n every trial or fused group has a whole slot of one GPU.
+        raise SettingError(f"{{setting}} {gpu_share:g} is not 1/n of a GPU; use e.g. "
+                           f"{1 / math.ceil(1 / gpu_share):.4g} ({math.ceil(1 / gpu_share)} per GPU) or "
+                           f"{1 / math.floor(1 / gpu_share):.4g}", setting="gpus_per_trial")
     at_once = max(1, math.floor(gpus / gpu_share)) if gpu_share else CPU_TRIALS_AT_ONCE
     cpus_per_trial = config.cpus_per_trial or max(1.0, math.floor(cpus / at_once))
     if cpus_per_trial > cpus:

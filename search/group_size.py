@@ -1,5 +1,6 @@
 """How many trials one fused group trains (`--fuse`): a given number, `off` (1), or `auto`: as many members as fit in
-a trial's share of GPU memory, by one member's training memory measured on a GPU at the space's largest proposal.
+a trial's share of GPU memory, by one member's training memory measured on a GPU at the largest of the proposals the
+search checks before it starts (a later, larger proposal can need more: the half of the share left free covers it).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import ray
 import torch
 
 from benchmarks.data.timefeatures import n_time_features
+from benchmarks.errors import SettingError
 from benchmarks.experiment import Experiment
 
 MAX_AUTO_MEMBERS = 16      # measured on an H200: MixMamba's per-member step gains little beyond 16 (fused_h200.json)
@@ -64,7 +66,13 @@ def choose_group_size(fuse: int | str, *, trials: int, gpu_share: float, proposa
     # the largest ones are then measured on a GPU like the trials'.
     largest = sorted(proposals, key=member_bytes, reverse=True)[:MEASURED_PROPOSALS]
     task = ray.remote(num_gpus=min(gpu_share, 1.0), num_cpus=0)(measure_on_gpu)
-    measured, device_bytes = ray.get(task.remote(largest))
+    try:
+        measured, device_bytes = ray.get(task.remote(largest))
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None) or error
+        raise SettingError(f"{{setting}} auto could not measure a member's memory on a GPU ({type(cause).__name__}: "
+                           f"{(str(cause).splitlines() or [''])[0]}); pass a number, e.g. --fuse 8, or --fuse off",
+                           setting="fuse") from None
     share_bytes = device_bytes * min(gpu_share, 1.0)
     fit = max(1, math.floor(share_bytes * MEMORY_HEADROOM / measured))
     members = max(1, min(MAX_AUTO_MEMBERS, fit, trials // MIN_AUTO_GROUPS or 1))

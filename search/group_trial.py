@@ -19,7 +19,8 @@ from benchmarks.training.fused_engine import run_fused
 from search.groups import MEMBERS_KEY, member_id
 from search.member_rungs import RungCallback
 from search.space import EXPERIMENT_KEY, INVALID_KEY
-from search.trial import ARTIFACT_DIR, OUT_OF_MEMORY_FILE, SEARCH_METRIC, TrialSetup, epoch_row, trial_dirname
+from search.trial import (ARTIFACT_DIR, GPU_IDS_KEY, OUT_OF_MEMORY_FILE, SEARCH_METRIC, TrialSetup, assigned_gpus,
+                          epoch_row, trial_dirname)
 from search.trial_runs import TrialRunCallback, TrialRuns
 
 MEMBER_ROWS_KEY = "member_rows"   # a group report's epoch rows: [member index, row] per member that ran the epoch
@@ -38,7 +39,8 @@ def run_group(config: dict[str, Any], setup: TrialSetup) -> None:
     setup.share.apply()
     members = config[MEMBERS_KEY]
     reporter = GroupReporter(records, [_saved_outcome(records, Path(setup.experiment_dir), index)
-                                       or _first_outcome(member) for index, member in enumerate(members)])
+                                       or _first_outcome(member) for index, member in enumerate(members)],
+                             assigned_gpus())
     training = [index for index, outcome in enumerate(reporter.outcomes) if outcome["state"] == "running"]
     rungs = ray.get_actor(setup.rungs) if setup.rungs else None
     runs = TrialRuns(setup.tracking) if setup.tracking is not None else None
@@ -71,9 +73,10 @@ class GroupReporter:
     with each report, so the group's last result always says where each member stands; an outcome is saved under
     `records` when its member leaves."""
 
-    def __init__(self, records: Path, outcomes: list[dict[str, Any]]) -> None:
+    def __init__(self, records: Path, outcomes: list[dict[str, Any]], gpus: str) -> None:
         self.records = records
         self.outcomes = outcomes
+        self.gpus = gpus
         self.rows: list[tuple[int, dict[str, float]]] = []
 
     def best(self) -> float:
@@ -95,12 +98,12 @@ class GroupReporter:
         """One Tune report for the array's epoch: each member's row and every member's outcome."""
         rows, self.rows = self.rows, []
         tune.report({"epoch": epoch, SEARCH_METRIC: self.best(), MEMBER_ROWS_KEY: [list(row) for row in rows],
-                     MEMBERS_KEY: [dict(outcome) for outcome in self.outcomes]})
+                     MEMBERS_KEY: [dict(outcome) for outcome in self.outcomes], GPU_IDS_KEY: self.gpus})
 
     def final(self) -> dict[str, Any]:
         epochs = [outcome.get("epoch", 0) for outcome in self.outcomes]
         return {"epoch": max(epochs, default=0), SEARCH_METRIC: self.best(),
-                MEMBERS_KEY: [dict(outcome) for outcome in self.outcomes]}
+                MEMBERS_KEY: [dict(outcome) for outcome in self.outcomes], GPU_IDS_KEY: self.gpus}
 
 
 class MemberReporter(TrainingCallback):

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from search.groups import MEMBERS_KEY
+from search.groups import MEMBERS_KEY, member_id
 from search.trial import SEARCH_METRIC
 
 if TYPE_CHECKING:
@@ -57,6 +57,15 @@ def member_states(trial: Trial) -> list[str]:
     return states
 
 
+def _search_values(trial: Trial) -> list[tuple[str, float | None]]:
+    """(trial or member id, its search metric so far) for a plain trial or each member of a fused group."""
+    result = trial.last_result or {}
+    if MEMBERS_KEY not in trial.config:
+        return [(trial.trial_id, result.get(SEARCH_METRIC))]
+    return [(member_id(trial.trial_id, index), outcome.get(SEARCH_METRIC))
+            for index, outcome in enumerate(result.get(MEMBERS_KEY) or [])]
+
+
 def format_duration(seconds: float) -> str:
     """`m:ss`, or `h:mm:ss` from one hour."""
     seconds = int(max(seconds, 0))
@@ -90,9 +99,9 @@ class ProgressLine(Callback):
             for state in member_states(trial):
                 if state in counts:
                     counts[state] += 1
-            value = (trial.last_result or {}).get(SEARCH_METRIC)
-            if value is not None and math.isfinite(value) and (best is None or value < best[0]):
-                best = (value, trial.trial_id)
+            for ident, value in _search_values(trial):
+                if value is not None and math.isfinite(value) and (best is None or value < best[0]):
+                    best = (value, ident)
         to_go = max(self.num_trials - counts["finished"] - counts["stopped"] - counts["failed"] - counts["running"], 0)
         parts = [f"search {self.name}", ", ".join([f"{n} {state}" for state, n in counts.items()] + [f"{to_go} to go"])]
         parts.append(f"best {SEARCH_METRIC} {best[0]:.4f} (trial {best[1]})" if best else "best -")

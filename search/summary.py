@@ -102,7 +102,7 @@ def top_table(summaries: list[TrialSummary], limit: int = 10) -> str:
                      f"{summary.value:13.4f} {test[0]} {test[1]}  {config}")
     if capped:
         lines.append(f"* test on {', '.join(sorted(capped))} test windows only (--limit-eval-batches, the CPU "
-                     "default): a smoke number, not a result; the benchmark command below tests every window")
+                     "default): a smoke number, not a result; the best trial is tested on every window below")
     return "\n".join(lines)
 
 

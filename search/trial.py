@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -24,6 +25,7 @@ DIVERGED_FILE = "diverged.txt"
 OUT_OF_MEMORY_FILE = "out_of_memory.txt"
 ARTIFACT_DIR = "artifacts"
 SEARCH_METRIC = "val_loss_best"
+GPU_IDS_KEY = "gpu_ids"   # every report's: the GPUs Ray gave the trial ("0", "" without), tagged on its runs
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         live = TrialRuns(setup.tracking).open(trial_id, experiment)
         if live is not None:
             callbacks.append(TrialRunCallback(live))
-    callbacks.append(TuneReporter(setup.epochs))
+    gpus = assigned_gpus()
+    callbacks.append(TuneReporter(setup.epochs, gpus))
     try:
         result = run_experiment(experiment, callbacks=callbacks, resume_state=resume_state,
                                 artifact_dir=trial_dir / ARTIFACT_DIR)
@@ -86,7 +89,13 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         raise
     final = {**result.final_metrics(), "artifact_dir": str(result.artifact_dir),
              "test_windows": result.test_windows, "test_windows_total": result.test_windows_total}
-    tune.report({**result.history[-1], SEARCH_METRIC: result.best_val_loss, **final})
+    tune.report({**result.history[-1], SEARCH_METRIC: result.best_val_loss, **final, GPU_IDS_KEY: gpus})
+
+
+def assigned_gpus() -> str:
+    """The ids of the GPUs Ray assigned this worker, comma-separated ("" on a CPU): one id for every trial or fused
+    group, as a GPU share of 1/n never spans two GPUs."""
+    return ",".join(str(gpu) for gpu in ray.get_gpu_ids())
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -100,17 +109,20 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
 
 
 class TuneReporter(TrainingCallback):
-    """One Tune report per epoch but the last (the search metric is val_loss_best), each with a checkpoint."""
+    """One Tune report per epoch but the last (the search metric is val_loss_best, and the trial's GPUs), each with a
+    checkpoint."""
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, gpus: str) -> None:
         self.epochs = epochs
+        self.gpus = gpus
 
     def on_epoch(self, report: EpochReport) -> None:
         if report.epoch >= self.epochs:
             return
         with tempfile.TemporaryDirectory() as directory:
             torch.save(report.state(), Path(directory) / CHECKPOINT_FILE)
-            tune.report(epoch_row(report), checkpoint=tune.Checkpoint.from_directory(directory))
+            tune.report({**epoch_row(report), GPU_IDS_KEY: self.gpus},
+                        checkpoint=tune.Checkpoint.from_directory(directory))
 
 
 def epoch_row(report: EpochReport) -> dict[str, float]:

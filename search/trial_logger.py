@@ -15,6 +15,7 @@ from ray.tune import Callback
 from search.group_trial import MEMBER_ROWS_KEY
 from search.groups import MEMBERS_KEY, member_id
 from search.space import EXPERIMENT_KEY, SearchSpace
+from search.trial import GPU_IDS_KEY
 from search.trial_runs import LiveTrialRun, TrialRuns, TrialTracking
 
 if TYPE_CHECKING:
@@ -34,13 +35,15 @@ class TrialLogger(Callback):
         self.trials_log_themselves = trials_log_themselves
         self.runs: TrialRuns | None = None
         self.live: dict[str, LiveTrialRun] = {}
+        self.placed: set[str] = set()   # trials whose runs are tagged with their GPUs
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "runs": None, "live": {}}
+        return {**self.__dict__, "runs": None, "live": {}, "placed": set()}
 
     def setup(self, **info: Any) -> None:
         self.runs = TrialRuns(self.tracking)
         self.live = {}
+        self.placed = set()
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         if self.trials_log_themselves:
@@ -54,6 +57,11 @@ class TrialLogger(Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
                         **info: Any) -> None:
+        if GPU_IDS_KEY in result and trial.trial_id not in self.placed:
+            self.placed.add(trial.trial_id)
+            for ident, _ in _runs_of(trial):
+                if ident in self.live:
+                    self.live[ident].writer.set_tags({GPU_IDS_KEY: result[GPU_IDS_KEY]})
         if MEMBER_ROWS_KEY in result:
             for index, row in result[MEMBER_ROWS_KEY]:
                 live = self.live.get(member_id(trial.trial_id, index))

@@ -183,6 +183,18 @@ def wait_for_finished_trial(root: Path, process: subprocess.Popen, timeout_s: fl
     raise AssertionError(f"no trial finished within {timeout_s} s")
 
 
+def wait_until_recorded(experiment_dir: Path, timeout_s: float = 60) -> None:
+    """Poll until the folder's digest record matches Tune's files. A SIGKILL in the instant between Tune's save and
+    the record leaves a folder `--resume` refuses by design (tests/reliability/test_resume_trust.py); this test kills
+    a driver at any other moment."""
+    from search.folder_trust import _problem
+
+    deadline = time.monotonic() + timeout_s
+    while _problem(experiment_dir) is not None:
+        assert time.monotonic() < deadline, _problem(experiment_dir)
+        time.sleep(0.05)
+
+
 def test_killed_search_resumes_without_losing_or_repeating_trials(finished_search, space_file: Path,
                                                                    shared_data_dir: Path, tmp_path: Path) -> None:
     import ray
@@ -192,13 +204,14 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(finished_searc
     args = search_args(space_file, shared_data_dir, tmp_path, "--address", address)
     process = subprocess.Popen(CLI + args, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
+    experiment_dir = tmp_path / "ray" / f"mixmamba-ETTh1-pred96-seed{SEED}"
     try:
         ended_run = wait_for_finished_trial(tmp_path, process, timeout_s=400)
+        wait_until_recorded(experiment_dir)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     first_output = process.stdout.read()
-    experiment_dir = tmp_path / "ray" / f"mixmamba-ETTh1-pred96-seed{SEED}"
     assert f"folder {experiment_dir}" in first_output
     # the live view: one status line per change, e.g. "search NAME | 2 running, 0 finished, ... | best - | 0:12/10:00"
     status = [line for line in first_output.splitlines() if line.startswith(f"search {experiment_dir.name} | ")]

@@ -90,7 +90,7 @@ def search(**options: object) -> None:
       mixbench search --dataset ETTh1 --model patchtst --trials 40 --epochs 10 --gpus-per-trial 0.25
       mixbench search --dataset weather --resume          # after Ctrl+C or a crash
       mixbench search --dataset weather --search-seq-len 96,192,336 --refit-seeds 3 --name weather-lookbacks
-      mixbench search --dataset weather --trials 64 --fuse 16 --gpus-per-trial 0.5   # 4 fused groups of 16
+      mixbench search --dataset weather --trials 64 --fuse 16 --gpus-per-trial 0.5 --name weather-fused  # 4 groups of 16
     """
     # Imported here: Ray, Optuna, MLflow and torch take 3 s to import, which `mixbench search --help` need not wait for.
     from benchmarks.tracking.store import quiet_run_urls

@@ -140,14 +140,18 @@ def table(output_format: str, output: str | None, force: bool, include_capped: b
 
 
 @click.command("export", context_settings=_CONTEXT)
-@click.option("--suite", required=True, help="Benchmark suite to export.")
+@click.option("--suite", default=None, help="Benchmark suite to export (or --searches).")
+@click.option("--searches", is_flag=True, help="Export every search of the experiment, with its trials and refits, "
+                                               "instead of a suite.")
 @click.option("--output", required=True, help="CSV file to write (atomically; an existing file needs --force).")
 @click.option("--force", is_flag=True, help=_FORCE_HELP)
 @click.option("--tracking-uri", default=None, help=_TRACKING_HELP)
 @click.option("--experiment", default="mixbench", show_default=True, help="MLflow experiment name.")
-def export(suite: str, output: str, force: bool, tracking_uri: str | None, experiment: str) -> None:
+def export(suite: str | None, searches: bool, output: str, force: bool, tracking_uri: str | None,
+           experiment: str) -> None:
     """Write a suite's runs as one CSV, one row per run: its benchmark runs (any status) and the searches, trials and
-    refits of the same (dataset, model, horizon) cells, with every tag, param and final metric.
+    refits of the same (dataset, model, horizon) cells, with every tag, param and final metric. With --searches,
+    every search and its trials and refits, whether or not a suite used it.
 
     `mixbench table --runs FILE` and `mixbench leaderboard --runs FILE` rebuild the tables from it without MLflow.
 
@@ -155,12 +159,16 @@ def export(suite: str, output: str, force: bool, tracking_uri: str | None, exper
     Examples:
       mixbench export --suite paper --output runs.csv
       mixbench export --suite paper --output results/paper/runs.csv --force --tracking-uri sqlite:///reproduce/mlflow.db
+      mixbench export --searches --output searches.csv
     """
     from benchmarks.tracking.store import TrackingStore
-    from results.export import export_rows, export_summary, write_export
+    from results.export import export_rows, export_search_rows, export_summary, write_export
     from results.output import check_output_file
 
+    if (suite is None) == (not searches):
+        raise click.UsageError("give either --suite NAME or --searches")
     path = check_output_file(output, force)
-    rows = export_rows(TrackingStore.resolve(tracking_uri), experiment, suite)
+    store = TrackingStore.resolve(tracking_uri)
+    rows = export_search_rows(store, experiment) if searches else export_rows(store, experiment, suite)
     write_export(rows, path)
     click.echo(f"wrote {path}: {export_summary(rows)}", err=True)

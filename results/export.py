@@ -15,7 +15,8 @@ from results.output import write_atomic
 from results.runs import RUN_COLUMNS, require_store
 
 if TYPE_CHECKING:
-    from mlflow.entities import Run
+    from mlflow.entities import Experiment, Run
+    from mlflow.tracking import MlflowClient
 
     from benchmarks.tracking.store import TrackingStore
 
@@ -28,12 +29,7 @@ _PARENT_TAG, _NAME_TAG = "mlflow.parentRunId", "mlflow.runName"
 def export_rows(store: TrackingStore, experiment: str, suite: str) -> list[dict[str, str]]:
     """Rows of every run of `suite` (any status) and of every search, trial and refit of the suite's
     (dataset, model, pred_len) cells, sorted by kind, dataset, model, horizon, seed and start time."""
-    require_store(store)
-    client = store.client()
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise ResultsError(f"no experiment '{experiment}' at {store.redacted}; pass the right {{setting}} or tracking "
-                           "URI", setting="experiment")
+    client, found = _experiment(store, experiment)
     benchmark = search_all_runs(client, found.experiment_id,
                                 f"tags.`mixbench.kind` = '{BENCHMARK_KIND}' and tags.suite = '{suite}'")
     if not benchmark:
@@ -43,12 +39,34 @@ def export_rows(store: TrackingStore, experiment: str, suite: str) -> list[dict[
     cells = {_cell(run) for run in benchmark}
     searches = [run for run in search_all_runs(client, found.experiment_id, "tags.`mixbench.kind` = 'search'")
                 if _cell(run) in cells]
-    children = [run for search in searches
-                for run in search_all_runs(client, found.experiment_id,
-                                           f"tags.`mlflow.parentRunId` = '{search.info.run_id}'")
-                if run.data.tags.get("mixbench.kind") in SEARCH_KINDS[1:]]
-    runs = sorted(benchmark + searches + children, key=_order)
+    runs = sorted(benchmark + searches + _search_children(client, found.experiment_id, searches), key=_order)
     return [_row(run) for run in runs]
+
+
+def export_search_rows(store: TrackingStore, experiment: str) -> list[dict[str, str]]:
+    """Rows of every search of `experiment` and of its trials and refits, in the order of `export_rows`."""
+    client, found = _experiment(store, experiment)
+    searches = search_all_runs(client, found.experiment_id, "tags.`mixbench.kind` = 'search'")
+    if not searches:
+        raise ResultsError(f"experiment '{experiment}' at {store.redacted} holds no search; run `mixbench search` "
+                           "first or pass the right {setting}", setting="experiment")
+    return [_row(run) for run in sorted(searches + _search_children(client, found.experiment_id, searches), key=_order)]
+
+
+def _experiment(store: TrackingStore, experiment: str) -> tuple[MlflowClient, Experiment]:
+    require_store(store)
+    client = store.client()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise ResultsError(f"no experiment '{experiment}' at {store.redacted}; pass the right {{setting}} or tracking "
+                           "URI", setting="experiment")
+    return client, found
+
+
+def _search_children(client: MlflowClient, experiment_id: str, searches: list[Run]) -> list[Run]:
+    return [run for search in searches
+            for run in search_all_runs(client, experiment_id, f"tags.`mlflow.parentRunId` = '{search.info.run_id}'")
+            if run.data.tags.get("mixbench.kind") in SEARCH_KINDS[1:]]
 
 
 def write_export(rows: list[dict[str, str]], path: Path) -> Path:

@@ -74,6 +74,12 @@ def _seq_len_choices(ctx: click.Context, param: click.Parameter, value: str | No
               help="Trials per fused group: K trials sharing every tensor shape train as one stacked model in one "
                    "Ray trial (the GPU/CPU shares are then per group). auto: on GPUs as many as a memory estimate "
                    "fits (at most 16), off without GPUs.")
+@click.option("--config-seeds", type=int, default=1, show_default=True,
+              help="Train each proposed configuration with this many seeds (as one fused array) and rank it on their "
+                   "mean validation loss, which is robust to one lucky seed; --trials counts configurations.")
+@click.option("--recipe-trial/--no-recipe-trial", default=True, show_default=True,
+              help="Start from the recipe: its values of the searched settings are the first configuration, so the "
+                   "best on validation is never worse than the hand-tuned config.")
 def search(**options: object) -> None:
     """Search a model's hyperparameters: Optuna proposes, Ray Tune runs, ASHA stops early, MLflow records.
 
@@ -91,6 +97,7 @@ def search(**options: object) -> None:
       mixbench search --dataset weather --resume          # after Ctrl+C or a crash
       mixbench search --dataset weather --search-seq-len 96,192,336 --refit-seeds 3 --name weather-lookbacks
       mixbench search --dataset weather --trials 64 --fuse 16 --gpus-per-trial 0.5 --name weather-fused  # 4 groups of 16
+      mixbench search --dataset ETTh1 --trials 32 --config-seeds 3 --epochs 10 --name etth1-robust  # 3 seeds per config
     """
     # Imported here: Ray, Optuna, MLflow and torch take 3 s to import, which `mixbench search --help` need not wait for.
     from benchmarks.tracking.store import quiet_run_urls
@@ -110,8 +117,11 @@ def search(**options: object) -> None:
     if outcome.best_trial_id is None:
         raise click.ClickException(f"no trial of {outcome.name} reported a finite validation loss; see the failed "
                                    f"trials' runs (tag `error`) in MLflow")
-    click.echo(f"best: trial {outcome.best_trial_id}, val_loss_best {outcome.best_value:.6g}; config written to "
+    recipe = f" (the recipe's: {outcome.recipe_value:.6g})" if outcome.recipe_value is not None else ""
+    click.echo(f"best: trial {outcome.best_trial_id}, val_loss_best {outcome.best_value:.6g}{recipe}; config written to "
                f"{outcome.best_config_path}")
+    for line in outcome.selection.lines() if outcome.selection is not None else ():
+        click.echo(line)
     if outcome.best_test is not None:
         test = outcome.best_test
         click.echo(f"best trial's weights tested on all {int(test['test_windows'])} test windows: test MSE "
@@ -121,7 +131,9 @@ def search(**options: object) -> None:
                f"      {outcome.open_runs}   # the search's runs in MLflow")
     if outcome.refit is not None:
         stats = outcome.refit
+        capped = "" if stats.test_complete else (f" (on {stats.test_windows} test windows, --limit-eval-batches: a "
+                                                 "smoke number, not a result)")
         click.echo(f"refit over seeds {', '.join(map(str, stats.seeds))}: test MSE {stats.test_mse_mean:.4f} +- "
-                   f"{stats.test_mse_std:.4f}, test MAE {stats.test_mae_mean:.4f} +- {stats.test_mae_std:.4f}")
+                   f"{stats.test_mse_std:.4f}, test MAE {stats.test_mae_mean:.4f} +- {stats.test_mae_std:.4f}{capped}")
         for failure in stats.failed:
             click.echo(f"refit failed: {failure}", err=True)

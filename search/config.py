@@ -29,6 +29,10 @@ class SearchConfig:
     the cluster's CPUs split between the trials that fit at once (GPUs / share, or CPU_TRIALS_AT_ONCE).
     fuse: trials per fused group (one Ray Tune trial training them as one stacked model): a number, "off" (1) or
     "auto" (search.group_size); the shares above are then per group. A started search holds the resolved number.
+    config_seeds: seeds each proposed configuration trains with (as members of one fused group); it is ranked, and
+    Optuna told, on their mean best validation loss. `trials` counts configurations.
+    recipe_trial: the recipe's values of the searched settings are the first configuration (Optuna's enqueued
+    trial), so the best found on validation is never worse than the hand-tuned one.
     """
 
     dataset: str
@@ -57,6 +61,8 @@ class SearchConfig:
     storage_path: str | None = None
     max_failures: int = MAX_FAILURES
     fuse: int | str = "auto"
+    config_seeds: int = 1
+    recipe_trial: bool = True
 
 
 def default_name(dataset: str, model: str, pred_len: int, seed: int) -> str:
@@ -66,7 +72,8 @@ def default_name(dataset: str, model: str, pred_len: int, seed: int) -> str:
 
 def check_config(config: SearchConfig) -> None:
     """Raise SettingError, one line naming the setting, for values no search can run with."""
-    positive_ints = {"trials": config.trials, "epochs": config.epochs, "pred_len": config.pred_len}
+    positive_ints = {"trials": config.trials, "epochs": config.epochs, "pred_len": config.pred_len,
+                     "config_seeds": config.config_seeds}
     for setting, value in positive_ints.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SettingError(f"{{setting}} {value!r} must be a positive integer", setting=setting)

@@ -53,10 +53,24 @@ def member_bytes(experiment: Experiment) -> int:
     return params * BYTES_PER_PARAM + saved * experiment.train.batch_size // ESTIMATE_BATCH
 
 
-def choose_group_size(fuse: int | str, *, trials: int, gpu_share: float, proposals: Sequence[Experiment]) -> GroupSize:
-    """The members per group for `--fuse` `fuse` (parsed): a number as given (at most `trials`); `auto` on GPUs
-    the most members whose measured memory fits MEMORY_HEADROOM of a share, at most MAX_AUTO_MEMBERS and leaving
-    MIN_AUTO_GROUPS groups; `auto` without GPUs 1 (a CPU gains nothing from fusing)."""
+def choose_group_size(fuse: int | str, *, trials: int, gpu_share: float, proposals: Sequence[Experiment],
+                      seeds: int = 1) -> GroupSize:
+    """The members per group for `--fuse` `fuse` (parsed) when each of `trials` configurations trains `seeds` members:
+    a number as given (at most the members in all; a multiple of `seeds`); `auto` on GPUs the most members whose
+    measured memory fits MEMORY_HEADROOM of a share, at most MAX_AUTO_MEMBERS and leaving MIN_AUTO_GROUPS groups;
+    `auto` without GPUs 1 (a CPU gains nothing from fusing). With seeds, a group holds whole configurations: at least
+    one (its seeds train as one array), so `off` or 1 means one configuration per group."""
+    if seeds > 1 and fuse != "auto" and int(fuse) > 1 and int(fuse) % seeds:
+        raise SettingError(f"{{setting}} {fuse} does not hold whole configurations of {seeds} seeds (--config-seeds); "
+                           f"use a multiple of {seeds}, e.g. {max(seeds, int(fuse) // seeds * seeds)}", setting="fuse")
+    size = _members(fuse, trials=trials * seeds, gpu_share=gpu_share, proposals=proposals)
+    if seeds == 1:
+        return size
+    members = max(seeds, size.members // seeds * seeds)
+    return GroupSize(members, f"{size.reason}; {members // seeds} configuration(s) x {seeds} seeds per group")
+
+
+def _members(fuse: int | str, *, trials: int, gpu_share: float, proposals: Sequence[Experiment]) -> GroupSize:
     if fuse != "auto":
         members = min(int(fuse), trials)
         return GroupSize(members, "as --fuse asks" if members > 1 else "off")

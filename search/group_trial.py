@@ -1,6 +1,6 @@
 """One fused group as Ray Tune runs it in a worker: its members (proposed by GroupSearcher) trained as one fused
-array, one report per epoch with every member's row, ASHA deciding per member, and every member's outcome in each
-report. A member's outcome is saved in the search's folder when it leaves the array, so a restarted group (a retry or
+array, one report per epoch with every member's row, ASHA deciding per configuration (a member, or the members
+training it with several seeds), and every member's outcome in each report. A member's outcome is saved in the search's folder when it leaves the array, so a restarted group (a retry or
 `--resume`) trains only the members that had not left.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from ray import tune
 from benchmarks.training.callbacks import EpochReport, ExperimentResult, TrainingCallback
 from benchmarks.training.engine import GpuOutOfMemoryError, NonFiniteLossError
 from benchmarks.training.fused_engine import run_fused
-from search.groups import MEMBERS_KEY, member_id
-from search.member_rungs import RungCallback
+from search.groups import MEMBERS_KEY, SEEDS_KEY, config_index, member_id
+from search.member_rungs import GroupRungs, RungRecorder
 from search.space import EXPERIMENT_KEY, INVALID_KEY
 from search.trial import (ARTIFACT_DIR, GPU_IDS_KEY, OUT_OF_MEMORY_FILE, SEARCH_METRIC, TrialSetup, assigned_gpus,
                           epoch_row, trial_dirname)
@@ -42,25 +42,32 @@ def run_group(config: dict[str, Any], setup: TrialSetup) -> None:
                                        or _first_outcome(member) for index, member in enumerate(members)],
                              assigned_gpus())
     training = [index for index, outcome in enumerate(reporter.outcomes) if outcome["state"] == "running"]
-    rungs = ray.get_actor(setup.rungs) if setup.rungs else None
+    seeds = int(config.get(SEEDS_KEY, 1))
+    rungs = GroupRungs(ray.get_actor(setup.rungs), {
+        position: member_id(trial_id, config_index(index, seeds) * seeds) for position, index in enumerate(training)
+    }) if setup.rungs else None
     runs = TrialRuns(setup.tracking) if setup.tracking is not None else None
     callbacks = []
-    for index in training:
-        ident = member_id(trial_id, index)
-        rung = RungCallback(rungs, ident) if rungs is not None else None
-        pruned = (lambda rung=rung: rung is not None and rung.pruned)
-        member_callbacks: list[TrainingCallback] = [rung] if rung is not None else []
+    for position, index in enumerate(training):
+        pruned = (lambda position=position: rungs is not None and position in rungs.stopped)
+        member_callbacks: list[TrainingCallback] = [RungRecorder(rungs, position)] if rungs is not None else []
         if runs is not None:
-            live = runs.open(ident, members[index][EXPERIMENT_KEY])
+            live = runs.open(member_id(trial_id, index), members[index][EXPERIMENT_KEY])
             if live is not None:
                 member_callbacks.append(TrialRunCallback(live, pruned=pruned))
         member_callbacks.append(MemberReporter(reporter, index, pruned))
         callbacks.append(member_callbacks)
+
+    def after_epoch(epoch: int) -> set[int]:
+        stopping = rungs.decide(epoch) if rungs is not None else set()
+        reporter.report_epoch(epoch)
+        return stopping
+
     if training:
         try:
             run_fused([members[index][EXPERIMENT_KEY] for index in training], callbacks=callbacks,
                       artifact_dirs=[trial_dir / ARTIFACT_DIR / f"member_{index}" for index in training],
-                      after_epoch=reporter.report_epoch)
+                      after_epoch=after_epoch)
         except GpuOutOfMemoryError as error:
             records.mkdir(parents=True, exist_ok=True)
             out_of_memory.write_text(str(error))

@@ -1,6 +1,6 @@
-"""Fused groups of a search: the Ray Tune searcher that asks Optuna for every member of a group (one Tune trial, one
-fused training array), the shape-defining settings once per group and the others per member, and tells Optuna every
-member's result.
+"""Fused groups of a search: the Ray Tune searcher that asks Optuna for every configuration of a group (one Tune trial,
+one fused training array), the shape-defining settings once per group and the others per configuration, trains each
+configuration as one member per seed, and tells Optuna every configuration's result (its seeds' mean).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from benchmarks.training.fused_engine import fusion_key, member_settings
 from search.space import EXPERIMENT_KEY, INVALID_KEY, BoundSpace, SearchSpace
 
 MEMBERS_KEY = "members"   # a group trial's config: one {path: value, EXPERIMENT_KEY | INVALID_KEY: ...} per member
+SEEDS_KEY = "config_seeds"   # a group trial's config: how many consecutive members train one configuration
 MEMBER_ID_SEPARATOR = "_"
 
 
@@ -32,40 +33,60 @@ def member_paths(space: SearchSpace) -> frozenset[str]:
     return frozenset(param.path for param in space.params if param.path in own)
 
 
+def config_index(member: int, seeds: int) -> int:
+    """The configuration of a group that member `member` trains (its `seeds` members are consecutive)."""
+    return member // seeds
+
+
 @dataclass(frozen=True)
 class GroupPlan:
-    """How a search's trials form groups: `members` trials per fused array (1 = no fusion), `trials` in all."""
+    """How a search's configurations form groups: `members` per fused array (1 = no fusion), `trials`
+    configurations in all, each trained with `seeds` seeds (one member per seed, in the same group)."""
 
     trials: int
     members: int
+    seeds: int = 1
+
+    def __post_init__(self) -> None:
+        if self.members % self.seeds:
+            raise ValueError(f"{self.members} members per group do not hold whole configurations of {self.seeds} seeds")
+
+    @property
+    def configs_per_group(self) -> int:
+        return self.members // self.seeds
 
     @property
     def groups(self) -> int:
         """Tune trials the search runs (the last group may be smaller)."""
-        return math.ceil(self.trials / self.members)
+        return math.ceil(self.trials / self.configs_per_group)
 
 
 class GroupSearcher(Searcher):
-    """Proposes one group per Tune trial: Optuna's TPE asks for the first member freely, then the group's other
-    members with the first one's shape-defining values enqueued (so they vary only in per-member settings).
+    """Proposes one group per Tune trial: Optuna's TPE asks for the first configuration freely, then the group's other
+    configurations with the first one's shape-defining values enqueued (so they vary only in per-member settings);
+    each configuration becomes `plan.seeds` members, one per seed (the search's seed, then the next integers).
 
-    Every member is its own Optuna trial, told its own best validation loss (FAIL when it diverged or the group
-    failed), so TPE learns from each member; its random start covers `startup_groups` whole groups, so that it has
-    seen that many shapes before it models them. Tune pickles the searcher into the experiment and saves its state
-    with `save` as JSON (the study's trials), which `restore` reads back on `--resume`; the restored sampler is
-    seeded anew from the seed and the number of trials, so it does not repeat the proposals it made before.
+    Every configuration is its own Optuna trial, told its seeds' mean best validation loss (FAIL when one diverged or
+    the group failed), so TPE learns from each; its random start covers `startup_groups` whole groups, so that it has
+    seen that many shapes before it models them. `first_point` (Optuna's parameter values, e.g. the recipe's) is
+    enqueued before anything, so it is the first configuration. Tune pickles the searcher into the experiment and
+    saves its state with `save` as JSON (the study's trials), which `restore` reads back on `--resume`; the restored
+    sampler is seeded anew from the seed and the number of trials, so it does not repeat the proposals it made before.
     """
 
-    def __init__(self, bound: BoundSpace, plan: GroupPlan, metric: str, seed: int, startup_groups: int) -> None:
+    def __init__(self, bound: BoundSpace, plan: GroupPlan, metric: str, seed: int, startup_groups: int,
+                 first_point: dict[str, Any] | None = None) -> None:
         super().__init__(metric=metric, mode="min")
         self.bound = bound
         self.plan = plan
         self.seed = seed
-        self.startup_trials = startup_groups * plan.members
+        self.startup_trials = startup_groups * plan.configs_per_group
         self.member_paths = member_paths(bound.space)
         self.study = self._new_study(seed)
+        if first_point is not None:
+            self.study.enqueue_trial(first_point)
         self.proposed = 0
-        self.asked: dict[str, list[int]] = {}   # Tune trial id -> its members' Optuna trial numbers
+        self.asked: dict[str, list[int]] = {}   # Tune trial id -> its configurations' Optuna trial numbers
 
     def _new_study(self, seed: int) -> optuna.Study:
         return optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(
@@ -76,11 +97,11 @@ class GroupSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        size = min(self.plan.members, self.plan.trials - self.proposed)
+        size = min(self.plan.configs_per_group, self.plan.trials - self.proposed)
         if size <= 0:
             return Searcher.FINISHED
         first = self.study.ask()
-        members = [self.bound(first)]
+        configs = [self.bound(first)]
         shape = {name: value for name, value in first.params.items()
                  if name.split("@", 1)[0] not in self.member_paths}
         trials = [first]
@@ -88,22 +109,23 @@ class GroupSearcher(Searcher):
             self.study.enqueue_trial(shape, skip_if_exists=False)
             trial = self.study.ask()
             trials.append(trial)
-            members.append(self.bound(trial))
-        _mark_unfusable(members)
+            configs.append(self.bound(trial))
+        _mark_unfusable(configs)
         self.asked[trial_id] = [trial.number for trial in trials]
         self.proposed += size
-        return {MEMBERS_KEY: members}
+        return {MEMBERS_KEY: [_seeded(config, self.seed + offset) for config in configs
+                              for offset in range(self.plan.seeds)], SEEDS_KEY: self.plan.seeds}
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         numbers = self.asked.pop(trial_id, None)
         if numbers is None:
             return
         outcomes = (result or {}).get(MEMBERS_KEY) or []
+        seeds = self.plan.seeds
         for index, trial in enumerate(numbers):
-            outcome = outcomes[index] if index < len(outcomes) else {}
-            value = outcome.get(self.metric)
-            if value is not None and math.isfinite(value) and outcome.get("state") != "failed":
-                self.study.tell(trial, float(value))
+            values = [_member_value(outcomes, member, self.metric) for member in range(index * seeds, (index + 1) * seeds)]
+            if all(value is not None for value in values):
+                self.study.tell(trial, sum(values) / seeds)  # type: ignore[arg-type]
             else:
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
@@ -119,6 +141,20 @@ class GroupSearcher(Searcher):
             self.study.add_trial(_trial_from_record(record))
         self.proposed = state["proposed"]
         self.asked = state["asked"]
+
+
+def _member_value(outcomes: list[dict[str, Any]], index: int, metric: str) -> float | None:
+    """Member `index`'s best validation loss, or None when it failed, diverged or never reported."""
+    outcome = outcomes[index] if index < len(outcomes) else {}
+    value = outcome.get(metric)
+    return float(value) if value is not None and math.isfinite(value) and outcome.get("state") != "failed" else None
+
+
+def _seeded(config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A configuration's member training with `seed` (its proposal with the experiment's seed replaced)."""
+    if EXPERIMENT_KEY not in config:
+        return dict(config)
+    return {**config, EXPERIMENT_KEY: config[EXPERIMENT_KEY].with_seed(seed)}
 
 
 def _mark_unfusable(members: list[dict[str, Any]]) -> None:

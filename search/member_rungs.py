@@ -1,6 +1,7 @@
-"""ASHA for the members of fused groups: one Ray actor holds every rung of a search, so a member is stopped against
-all members of all groups, exactly as Ray Tune's ASHAScheduler stops whole trials; its state is kept in the search's
-folder so `--resume` goes on with the same rungs.
+"""ASHA for the configurations of fused groups: one Ray actor holds every rung of a search, so a configuration (one
+member, or the members training it with several seeds, ranked on their mean) is stopped against all configurations of
+all groups, exactly as Ray Tune's ASHAScheduler stops whole trials; its state is kept in the search's folder so
+`--resume` goes on with the same rungs.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from benchmarks.training.callbacks import EpochReport, StopTraining, TrainingCallback
+from benchmarks.training.callbacks import EpochReport, TrainingCallback
 
 REDUCTION_FACTOR = 4   # Ray Tune's ASHAScheduler default: the best quarter of each rung goes on
 GRACE_PERIOD = 1
@@ -58,6 +59,10 @@ class Rungs:
         self._save()
         return keep
 
+    def decide_many(self, entries: list[tuple[str, int, float]]) -> list[bool]:
+        """`decide` for each (member, epoch, value) in order, in one call (one actor round trip per array epoch)."""
+        return [self.decide(member, epoch, value) for member, epoch, value in entries]
+
     def _save(self) -> None:
         """Write the rungs atomically: a search killed mid-write keeps the previous file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,16 +82,46 @@ def actor_name(search_name: str) -> str:
     return f"mixbench-rungs-{search_name}"
 
 
-class RungCallback(TrainingCallback):
-    """A member's ASHA decision after each epoch: StopTraining when the rungs say stop (the member keeps its best
-    weights and is tested like any other; its run is marked stopped)."""
+class GroupRungs:
+    """A fused group's ASHA decisions, once per array epoch: its members' validation losses of the epoch, averaged
+    per configuration (`seeds` consecutive members train one configuration), go to the rungs actor in one call; the
+    members of a configuration it stops are stopped together (each keeps its best weights and is tested; its run is
+    marked stopped).
+    """
 
-    def __init__(self, rungs: ray.actor.ActorHandle, member: str) -> None:
+    def __init__(self, rungs: ray.actor.ActorHandle, config_ids: dict[int, str]) -> None:
         self.rungs = rungs
-        self.member = member
-        self.pruned = False
+        self.config_ids = config_ids   # member index -> the id its configuration has in the rungs
+        self.losses: dict[int, float] = {}
+        self.stopped: set[int] = set()
+
+    def record(self, index: int, value: float) -> None:
+        self.losses[index] = value
+
+    def decide(self, epoch: int) -> set[int]:
+        """The members to stop after `epoch` (those whose configuration ASHA stops)."""
+        losses, self.losses = self.losses, {}
+        by_config: dict[str, list[int]] = {}
+        for index in losses:
+            by_config.setdefault(self.config_ids[index], []).append(index)
+        entries = [(config, epoch, _mean([losses[index] for index in indices])) for config, indices in by_config.items()]
+        keep = ray.get(self.rungs.decide_many.remote(entries)) if entries else []
+        stopping = {index for (config, _, _), kept in zip(entries, keep) if not kept for index in by_config[config]}
+        self.stopped |= stopping
+        return stopping
+
+
+class RungRecorder(TrainingCallback):
+    """Hands member `index`'s validation loss of each epoch to its group's rungs."""
+
+    def __init__(self, rungs: GroupRungs, index: int) -> None:
+        self.rungs = rungs
+        self.index = index
 
     def on_epoch(self, report: EpochReport) -> None:
-        if not ray.get(self.rungs.decide.remote(self.member, report.epoch, report.val_loss)):
-            self.pruned = True
-            raise StopTraining(f"ASHA stopped {self.member} at epoch {report.epoch}")
+        self.rungs.record(self.index, report.val_loss)
+
+
+def _mean(values: list[float]) -> float:
+    """The mean, or inf when a value is not finite (a diverging seed makes its configuration's value unusable)."""
+    return sum(values) / len(values) if all(math.isfinite(value) for value in values) else math.inf

@@ -12,6 +12,7 @@ import ray
 
 from benchmarks.experiment import Experiment
 from benchmarks.tracking.callback import MLflowCallback, log_result
+from benchmarks.tracking.writer import TEST_COMPLETE_TAG, TEST_WINDOWS_TAG
 from benchmarks.training.callbacks import ExperimentResult, TrainingCallback
 from benchmarks.training.engine import run_experiment
 from benchmarks.training.fused_engine import run_fused
@@ -31,6 +32,8 @@ class RefitStats:
     test_mse_std: float
     test_mae_mean: float
     test_mae_std: float
+    test_windows: str = ""   # "<scored>/<total>" of the least complete refit test
+    test_complete: bool = True
 
     def metrics(self) -> dict[str, float]:
         """What the parent run logs."""
@@ -90,10 +93,12 @@ def refit(experiment: Experiment, seeds: list[int], share: WorkerShare, tracking
         return None
     mse = [run.data.metrics["test_mse"] for run in finished]
     mae = [run.data.metrics["test_mae"] for run in finished]
+    incomplete = [run for run in finished if run.data.tags.get(TEST_COMPLETE_TAG) == "false"]
     return RefitStats(
         seeds=tuple(sorted(int(run.data.tags["seed"]) for run in finished)), failed=tuple(failed),
         test_mse_mean=statistics.fmean(mse), test_mse_std=statistics.stdev(mse) if len(mse) > 1 else 0.0,
         test_mae_mean=statistics.fmean(mae), test_mae_std=statistics.stdev(mae) if len(mae) > 1 else 0.0,
+        test_windows=(incomplete or finished)[0].data.tags.get(TEST_WINDOWS_TAG, ""), test_complete=not incomplete,
     )
 
 

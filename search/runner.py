@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import statistics
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,12 +42,14 @@ from search.member_rungs import actor_name, rungs_actor
 from search.parent_run import ParentRun
 from search.progress import ProgressLine
 from search.refit import refit, refit_seeds
+from search.selection import SelectionDiagnostics, diagnose
 from search.space import EXPERIMENT_KEY, INVALID_KEY, BoundSpace, SearchSpace, default_space_path, load_space
 from search.trial import FEATURES, SEARCH_METRIC, TrialSetup, run_trial, trial_dirname
 from search.trial_logger import TrialLogger, error_line
 from search.trial_runs import TRIAL_ID_TAG, TrialRuns, TrialTracking
 
 STATE_FILE = "mixbench_search.json"
+SELECTION_FILE = "selection.json"
 PROPOSAL_CHECKS = 32
 
 
@@ -67,6 +70,8 @@ class SearchOutcome:
     notes: list[str] = field(default_factory=list)
     best_test: dict[str, float] | None = None   # the best trial's weights tested on every window (capped trials)
     open_runs: str = ""   # how to see the runs: the tracking server's URL, or the `mixbench ui` command for a local store
+    selection: SelectionDiagnostics | None = None
+    recipe_value: float | None = None   # the recipe's configuration's search metric, when it was run
 
 
 def run_search(config: SearchConfig) -> SearchOutcome:
@@ -114,7 +119,7 @@ def run_search(config: SearchConfig) -> SearchOutcome:
         bound = BoundSpace(space, base)
         proposals = _check_proposals(bound)
         size = choose_group_size(config.fuse, trials=config.trials, gpu_share=config.gpus_per_trial,
-                                 proposals=proposals)
+                                 proposals=proposals, seeds=config.config_seeds)
         if size.members > 1 and any(experiment.train.compile for experiment in proposals):
             raise SettingError("{setting} groups train as one CUDA graph, which train.compile cannot join; pass "
                                "--fuse off or fix train.compile: false in the space", setting="fuse")
@@ -128,7 +133,8 @@ def run_search(config: SearchConfig) -> SearchOutcome:
 def _resumed_config(given: SearchConfig, saved: dict[str, Any]) -> SearchConfig:
     """The saved settings of the search, except where to run (--address) and how many refit seeds."""
     # A search saved before fused groups existed ran one trial per Tune trial.
-    config = SearchConfig(**{"fuse": 1, **saved, "resume": True, "address": given.address,
+    config = SearchConfig(**{"fuse": 1, "config_seeds": 1, "recipe_trial": False, **saved, "resume": True,
+                             "address": given.address,
                              "refit_seeds": given.refit_seeds})
     defaults = SearchConfig(dataset=given.dataset)
     differing = [key for key in asdict(given) if key not in ("resume", "address", "refit_seeds", "dataset")
@@ -148,8 +154,9 @@ def _load_space(config: SearchConfig) -> SearchSpace:
 def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: Path, bound: BoundSpace,
          saved: dict[str, Any] | None, fuse_reason: str) -> SearchOutcome:
     space, base = bound.space, bound.base
-    plan = GroupPlan(trials=config.trials, members=int(config.fuse))
+    plan = GroupPlan(trials=config.trials, members=int(config.fuse), seeds=config.config_seeds)
     fused = plan.members > 1
+    recipe_point, recipe_note = _recipe_point(config, bound)
     searched_seq_len = space.searches_seq_len
     trials_log_themselves = store.is_server
     if saved is None:
@@ -162,7 +169,7 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
                     "gpus_per_trial": config.gpus_per_trial, "max_concurrent": config.max_concurrent,
                     "limit_train_batches": config.limit_train_batches or None,
                     "limit_eval_batches": config.limit_eval_batches or None, "max_failures": config.max_failures,
-                    "fuse": plan.members},
+                    "fuse": plan.members, "config_seeds": plan.seeds, "recipe_trial": recipe_point is not None},
         )
         experiment_dir.mkdir(parents=True, exist_ok=True)
         stored = asdict(dataclasses.replace(config, resume=False, address=None, refit_seeds=0))
@@ -176,6 +183,7 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
           f"{config.cpus_per_trial:g} CPU + {config.gpus_per_trial:g} GPU per {'group' if fused else 'trial'}\n"
           f"  fused groups: {f'{plan.members} trials each, {plan.groups} groups' if fused else 'none'} "
           f"({fuse_reason})\n"
+          f"  first configuration: {recipe_note}\n"
           f"  folder {experiment_dir} (to resume: the same command with --resume)\n"
           f"  MLflow {store.redacted}, experiment {config.experiment}, parent run {parent.run_id}",
           flush=True)
@@ -217,17 +225,18 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
             failure_config=tune.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[TrialLogger(tracking, space, trials_log_themselves),
-                       ProgressLine(name, config.trials, config.time_budget_s or None),
+                       ProgressLine(name, config.trials * plan.seeds, config.time_budget_s or None),
                        DigestKeeper(str(experiment_dir))],
         )
         sampler_startup = min(10, max(3, config.trials // 3))
         if fused:
             # Members are Optuna's trials; ASHA runs per member in the rungs actor, so Tune's scheduler is FIFO.
             searcher = GroupSearcher(bound, plan, SEARCH_METRIC, config.seed,
-                                     startup_groups=min(10, max(3, plan.groups // 3)))
+                                     startup_groups=min(10, max(3, plan.groups // 3)), first_point=recipe_point)
         else:
             searcher = OptunaSearch(space=bound, metric=SEARCH_METRIC, mode="min", sampler=optuna.samplers.TPESampler(
-                seed=config.seed, n_startup_trials=sampler_startup))
+                seed=config.seed, n_startup_trials=sampler_startup),
+                points_to_evaluate=[recipe_point] if recipe_point is not None else None)
         if config.scheduler == "asha" and not fused:
             scheduler = ASHAScheduler(time_attr="epoch", metric="val_loss", mode="min", max_t=config.epochs,
                                       grace_period=1)
@@ -255,6 +264,16 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
     return _finish(config, name, experiment_dir, setup, bound, parent, tracking, trials_log_themselves)
 
 
+def _recipe_point(config: SearchConfig, bound: BoundSpace) -> tuple[dict[str, Any] | None, str]:
+    """(Optuna's values of the recipe's configuration, or None when it is not run; what the search says of it)."""
+    if not config.recipe_trial:
+        return None, "proposed by Optuna (--no-recipe-trial)"
+    try:
+        return bound.recipe_point(), f"the recipe's ({bound.base.recipe_source or config.model + ' defaults'})"
+    except SpaceError as error:
+        return None, f"proposed by Optuna: {error}"
+
+
 def _check_proposals(bound: BoundSpace) -> list[Experiment]:
     """Resolve PROPOSAL_CHECKS random proposals exactly as trials get them, before any trial starts: a space the
     model rejects is one error now rather than a search of failed trials. Returns their experiments."""
@@ -270,6 +289,45 @@ def _check_proposals(bound: BoundSpace) -> list[Experiment]:
         experiments.append(resolved[EXPERIMENT_KEY])
         study.tell(trial, 0.0)
     return experiments
+
+
+def _recipe_config(config: SearchConfig, bound: BoundSpace,
+                   configs: list[found.ConfigSummary]) -> found.ConfigSummary | None:
+    """The configuration that trained the recipe's values (the first one, when the search started from it)."""
+    point, _ = _recipe_point(config, bound)
+    if point is None or not configs:
+        return None
+    recipe = bound.space.decode(bound.space(optuna.trial.FixedTrial(point))).flat()
+    return configs[0] if configs[0].proposed.flat() == recipe else None
+
+
+def _best_test(best: found.ConfigSummary, setup: TrialSetup, outcome: SearchOutcome) -> dict[str, float]:
+    """The best configuration's test metrics, its seeds' means. On a CPU the trials test on limit_eval_batches
+    batches; each seed's saved weights are then tested on every window, so the search's reported test score is a
+    full one (the table's starred ones stay smoke numbers)."""
+    names = ("test_mse", "test_mae")
+    members = best.members
+    if any("test_mse" not in member.metrics for member in members):
+        outcome.notes.append(f"the best trial ({best.config_id}) was stopped before its test; the benchmark command "
+                             "below tests its config on every window")
+        return {}
+    test = {name: statistics.fmean(member.metrics[name] for member in members) for name in names}
+    windows = min(int(member.metrics["test_windows"]) for member in members)
+    total = int(members[0].metrics["test_windows_total"])
+    if windows >= total:
+        return {**test, "test_windows": windows, "test_windows_total": total}
+    try:
+        scores = [evaluate_saved_weights(member.experiment, member.metrics["artifact_dir"], setup.share)
+                  for member in members]
+    except (ray.exceptions.RayTaskError, OSError) as error:
+        cause = getattr(error, "cause", None) or error
+        outcome.notes.append(f"the best trial's weights could not be tested on every window "
+                             f"({type(cause).__name__}: {(str(cause).splitlines() or [''])[0]})")
+        return {**test, "test_windows": windows, "test_windows_total": total}
+    outcome.best_test = {"test_mse": statistics.fmean(score.mse for score in scores),
+                         "test_mae": statistics.fmean(score.mae for score in scores),
+                         "test_windows": scores[0].windows, "test_windows_total": scores[0].total}
+    return outcome.best_test
 
 
 def _compact(values: dict[str, Any]) -> str:
@@ -294,7 +352,10 @@ def _finish(config: SearchConfig, name: str, experiment_dir: Path, setup: TrialS
                     live.log_epoch(summary.metrics)
                 live.finish(summary.metrics, Path(summary.metrics["artifact_dir"]), summary.state)
         elif summary.state == "stopped" and not tested:
-            runs.end(summary.trial_id, "stopped", params=summary.proposed.flat())
+            # The time budget stopped it before its test: its run still says how far validation got.
+            reached = {"best_val_loss": summary.value, "epochs_run": summary.metrics.get("epoch")}
+            runs.end(summary.trial_id, "stopped", params=summary.proposed.flat(),
+                     metrics={key: float(value) for key, value in reached.items() if value is not None})
         elif summary.state == "failed":
             error = summary.metrics.get("error") or error_line(by_id[summary.tune_trial_id])
             runs.end(summary.trial_id, "failed", error=error, params=summary.proposed.flat())
@@ -321,49 +382,47 @@ def _finish(config: SearchConfig, name: str, experiment_dir: Path, setup: TrialS
         parent.end("KILLED")
         return outcome
 
-    ranked = found.ranked(summaries)
-    outcome.table = found.top_table(summaries)
+    configs = found.configurations(summaries)
+    ranked = found.ranked(configs)
+    recipe = _recipe_config(config, bound, configs)
+    outcome.table = found.top_table(configs, recipe_id=recipe.config_id if recipe is not None else None)
     parent.log_metrics({f"trials_{state}": counts[state] for state in ("finished", "stopped", "failed")})
-    study = found.rebuild_study(summaries, bound.space)
+    study = found.rebuild_study(configs, bound.space)
     plots, skipped = found.write_plots(study, experiment_dir / "plots")
     outcome.notes.extend(f"plot skipped: {reason}" for reason in skipped)
     for path in plots:
         parent.log_artifact(path, "plots")
+    outcome.selection = diagnose(configs)
+    parent.log_metrics(outcome.selection.metrics())
+    if outcome.selection.warning:
+        parent.set_tags({"selection_warning": outcome.selection.warning})
+    selection_path = experiment_dir / SELECTION_FILE
+    selection_path.write_text(json.dumps(outcome.selection.as_dict(), indent=2))
+    parent.log_artifact(selection_path)
+    if recipe is not None:
+        parent.set_tags({"recipe_trial_id": recipe.config_id})
+        if recipe.value is not None:
+            outcome.recipe_value = recipe.value
+            parent.log_metrics({"recipe_val_loss": recipe.value})
     if not ranked:
         parent.end("FAILED")
         return outcome
     best = ranked[0]
-    outcome.best_trial_id, outcome.best_value = best.trial_id, best.value
+    outcome.best_trial_id, outcome.best_value = best.config_id, best.value
     experiment = best.experiment
     entry = found.best_config(best, experiment)
+    seeds = f", mean of {len(best.members)} seeds" if len(best.members) > 1 else ""
     outcome.best_config_path = found.write_best_config(
         experiment_dir / found.BEST_CONFIG_FILE, entry,
-        f"best of search {name} (trial {best.trial_id}, {SEARCH_METRIC} {best.value:.6g}); "
+        f"best of search {name} (trial {best.config_id}, {SEARCH_METRIC} {best.value:.6g}{seeds}); "
         f"use with: mixbench benchmark --configs <this file>")
     parent.log_params({f"best.{key}": value for key, value in best.proposed.flat().items()}
                       | {"best.seq_len": experiment.seq_len})
     best_metrics = {"best_val_loss": best.value}
-    test = {metric: best.metrics[metric] for metric in ("test_mse", "test_mae", "test_windows", "test_windows_total")
-            if metric in best.metrics}
-    if "test_mse" in test and test["test_windows"] < test["test_windows_total"]:
-        # On a CPU the trials test on limit_eval_batches batches; the best one's weights are then tested on every
-        # window, so the search's reported test score is a full one (the table's starred ones stay smoke numbers).
-        try:
-            score = evaluate_saved_weights(experiment, best.metrics["artifact_dir"], setup.share)
-        except (ray.exceptions.RayTaskError, OSError) as error:
-            cause = getattr(error, "cause", None) or error
-            outcome.notes.append(f"the best trial's weights could not be tested on every window "
-                                 f"({type(cause).__name__}: {(str(cause).splitlines() or [''])[0]})")
-        else:
-            test = {"test_mse": score.mse, "test_mae": score.mae, "test_windows": score.windows,
-                    "test_windows_total": score.total}
-            outcome.best_test = test
-    elif "test_mse" not in test:
-        outcome.notes.append(f"the best trial ({best.trial_id}) was stopped before its test; the benchmark command "
-                             "below tests its config on every window")
+    test = _best_test(best, setup, outcome)
     best_metrics.update({f"best_{metric}": test[metric] for metric in ("test_mse", "test_mae") if metric in test})
     parent.log_metrics(best_metrics)
-    parent.set_tags({"best_trial_id": best.trial_id, **found.best_test_tags(
+    parent.set_tags({"best_trial_id": best.config_id, **found.best_test_tags(
         int(test.get("test_windows", 0)), int(test.get("test_windows_total", 0)))})
     parent.log_artifact(outcome.best_config_path)
 

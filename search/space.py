@@ -206,6 +206,30 @@ class BoundSpace:
         except SettingError as error:
             return {INVALID_KEY: str(error)}
 
+    def recipe_point(self) -> dict[str, Any]:
+        """Optuna's parameter values that propose the base experiment's (the recipe's) value of every searched
+        setting, for Optuna to evaluate first; fixed settings stay as the space fixes them.
+
+        Raises SpaceError naming the first searched setting whose recipe value lies outside its domain.
+        """
+        recipe = {"seq_len": self.base.seq_len, **self.base.settings()}
+        values: dict[str, Any] = {}
+        point: dict[str, Any] = {}
+        for param in self.space.params:
+            if param.when and not all(values.get(name, _UNSET) in allowed for name, allowed in param.when.items()):
+                values[param.name] = param.otherwise if param.has_otherwise else _UNSET
+                continue
+            if param.kind == "fixed":
+                values[param.name] = param.value
+                continue
+            value = recipe[param.path]
+            name, domain = _domain(param, values)
+            if not domain(value):
+                raise SpaceError(f"{self.space.source}: the recipe's {param.path} {value!r} lies outside "
+                                 f"{param.describe()}; widen it to start the search from the recipe")
+            point[name] = values[param.name] = value
+        return point
+
 
 def default_space_path(model: str) -> Path:
     """The space file of `model` when none is given: its plugin's own `space`, else search/spaces/<model>.yaml.
@@ -472,6 +496,29 @@ def _check_divides(where: str, divides: Any, choices: list[Any], by_name: dict[s
         if not any(value % choice == 0 for choice in choices):
             raise SpaceError(f"{where}: impossible constraint: no choice in {choices} divides {divides}={value}; "
                              f"add a divisor of {value} or drop {value} from {divides}")
+
+
+def _domain(param: Param, values: dict[str, Any]) -> tuple[str, typing.Callable[[Any], bool]]:
+    """A searched parameter's Optuna name given the values above it (as `_propose` names it) and a test of whether a
+    value lies in its domain there."""
+    if param.kind == "categorical":
+        choices = [choice for choice in param.choices
+                   if param.divides is None or values[param.divides] % choice == 0]
+        name = param.path if len(choices) == len(param.choices) else \
+            f"{param.path}@{param.divides}={values[param.divides]}"
+        return name, lambda value: any(value == choice and isinstance(value, bool) == isinstance(choice, bool)
+                                   for choice in choices)
+    low = values[param.low] if isinstance(param.low, str) else param.low
+    high = values[param.high] if isinstance(param.high, str) else param.high
+
+    def contains(value: Any) -> bool:
+        if not _is_number(value) or not low <= value <= high:
+            return False
+        if param.kind == "int" and value != int(value):
+            return False
+        return not param.step or math.isclose((value - low) / param.step, round((value - low) / param.step))
+
+    return param.path, contains
 
 
 def _propose(param: Param, trial: optuna.Trial, values: dict[str, Any]) -> Any:

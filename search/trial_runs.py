@@ -129,10 +129,12 @@ class TrialRuns:
         logged = {metric.step for metric in self.client.get_metric_history(run_id, "val_loss")}
         return LiveTrialRun(RunWriter.reopen(self.tracking.store, run_id), logged)
 
-    def end(self, trial_id: str, state: str, *, error: str | None = None, params: dict[str, Any] | None = None) -> None:
+    def end(self, trial_id: str, state: str, *, error: str | None = None, params: dict[str, Any] | None = None,
+            metrics: dict[str, float] | None = None) -> None:
         """End the trial's run as `state` (stopped, failed or interrupted), creating a bare one if it has none yet.
 
-        A bare run (the trial failed before its run was opened) gets the search tags and `params` (the proposal).
+        A bare run (the trial failed before its run was opened) gets the search tags and `params` (the proposal);
+        `metrics` (e.g. the best validation loss of a trial the time budget stopped untested) are logged first.
         """
         existing = self.find(trial_id)
         if existing is not None and existing.info.status in ENDED:
@@ -147,6 +149,8 @@ class TrialRuns:
             run_id = existing.info.run_id
         if error is not None:
             self.client.set_tag(run_id, ERROR_TAG, error[:5000])
+        for key, value in (metrics or {}).items():
+            self.client.log_metric(run_id, key, value)
         end_run(RunWriter.reopen(self.tracking.store, run_id), state)
 
 

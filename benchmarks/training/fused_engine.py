@@ -12,7 +12,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import torch
 
@@ -74,7 +74,8 @@ class _Member:
 
 
 def run_fused(experiments: Sequence[Experiment], *, callbacks: Sequence[Sequence[TrainingCallback]] | None = None,
-              artifact_dirs: Sequence[Path | None] | None = None, after_epoch: Callable[[int], None] | None = None,
+              artifact_dirs: Sequence[Path | None] | None = None,
+              after_epoch: Callable[[int], Collection[int] | None] | None = None,
               ) -> list[ExperimentResult | NonFiniteLossError]:
     """Train `experiments` as one fused array; each member as `run_experiment` would train it alone with the same
     seed, tested on every test window, its artifacts written. Results come back in the given order.
@@ -85,7 +86,8 @@ def run_fused(experiments: Sequence[Experiment], *, callbacks: Sequence[Sequence
     `on_end` called, while the others go on. A member that diverges leaves with NonFiniteLossError as its result (its
     callbacks get on_failure). Any other error ends the whole array (on_failure for the members still in it).
     after_epoch(epoch): called once the array's epoch has ended for every member (their on_epoch called), before
-    the members leaving are tested.
+    the members leaving are tested; it may return indices of members to stop now, as if a callback had raised
+    StopTraining (a decision that needs every member's epoch, e.g. one over a configuration's seeds).
     Raises SettingError when the experiments do not share a `fusion_key` or ask for torch.compile.
     """
     experiments = list(experiments)
@@ -145,7 +147,8 @@ class _FusedTraining:
     """The epoch loop of an array: one shared step per batch, then each member's validation, schedule and stopping."""
 
     def __init__(self, members: list[_Member], stack: MemberStack, data: Any, device: torch.device,
-                 leave: Callable[[list[_Member]], None], after_epoch: Callable[[int], None] | None) -> None:
+                 leave: Callable[[list[_Member]], None],
+                 after_epoch: Callable[[int], Collection[int] | None] | None) -> None:
         first = members[0].experiment
         self.leave = leave
         self.after_epoch = after_epoch
@@ -184,8 +187,10 @@ class _FusedTraining:
             for position, (member, score, train_loss) in enumerate(zip(self.active, scores, train_losses)):
                 if self._end_epoch(member, position, epoch, train_loss, score, seconds, samples / train_seconds):
                     staying.append(position)
-            if self.after_epoch is not None:
-                self.after_epoch(epoch)
+            stopping = set(self.after_epoch(epoch) or ()) if self.after_epoch is not None else set()
+            for position in [position for position in staying if self.active[position].index in stopping]:
+                self.active[position].tracker.stopped = True
+                staying.remove(position)
             if len(staying) < len(self.active):
                 leaving = [member for position, member in enumerate(self.active) if position not in staying]
                 self.active = [self.active[position] for position in staying]

@@ -145,6 +145,22 @@ def test_members_stop_independently_and_a_stopped_member_leaves_the_array(shared
     assert results[1].history[-1]["val_loss"] == pytest.approx(alone.history[-1]["val_loss"], rel=2e-5)
 
 
+def test_after_epoch_stops_members_once_every_member_reported_the_epoch(shared_data_dir, tmp_path):
+    members = experiments(shared_data_dir, "dlinear", epochs=3, patience=10)
+    watchers = [StopAfter(10) for _ in members]
+    seen = []
+
+    def after_epoch(epoch):
+        seen.append((epoch, [len(w.epochs) for w in watchers]))
+        return {0, 2} if epoch == 1 else None
+
+    results = run_fused(members, callbacks=[[w] for w in watchers], artifact_dirs=[tmp_path / str(k) for k in range(3)],
+                        after_epoch=after_epoch)
+    assert seen == [(1, [1, 1, 1]), (2, [1, 2, 1]), (3, [1, 3, 1])]
+    assert [r.epochs_run for r in results] == [1, 3, 1]
+    assert all(w.ended is r for w, r in zip(watchers, results))  # the stopped ones are tested like any other
+
+
 def test_dropout_masks_are_independent_between_members_and_rates_per_member():
     torch.manual_seed(0)
     layers = [torch.nn.Sequential(torch.nn.Linear(4, 256), torch.nn.Dropout(rate)) for rate in (0.5, 0.5, 0.0)]

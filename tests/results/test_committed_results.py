@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -43,3 +44,18 @@ def test_searched_configs_cover_every_cell_and_are_labelled():
         (dataset, horizon) for dataset in ("weather", "ETTh1") for horizon in (96, 192, 336, 720)}
     assert {entry.model for entry in entries} == {"mixmamba"}
     assert {entry.display_name for entry in entries} == {"MixMamba (searched)"}
+
+
+def test_committed_search_round_summary_rebuilds_from_its_exports(tmp_path):
+    from results import search_rounds
+
+    round3 = PAPER / "search_round3"
+    exports = sorted(round3.glob("*.csv"))
+    assert len(exports) == 9  # ETTh1 at lookback 96 and searched, 4 horizons each; weather-96 cut by its budget
+    search_rounds.main([*map(str, exports), "--output", str(tmp_path)])
+    for name in ("summary.md", "summary.json"):
+        assert (tmp_path / name).read_text() == (round3 / name).read_text()
+    summaries = json.loads((round3 / "summary.json").read_text())
+    # every search started from the recipe (the first configuration) and trained each configuration with 3 seeds
+    assert all(entry["recipe"]["trial_id"].endswith("_0") for entry in summaries)
+    assert [entry["chosen_refit"]["runs"] for entry in summaries] == [3.0] * 8 + [None]

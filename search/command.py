@@ -79,7 +79,7 @@ def _seq_len_choices(ctx: click.Context, param: click.Parameter, value: str | No
                    "mean validation loss, which is robust to one lucky seed; --trials counts configurations.")
 @click.option("--recipe-trial/--no-recipe-trial", default=True, show_default=True,
               help="Start from the recipe: its values of the searched settings are the first configuration, so the "
-                   "best on validation is never worse than the hand-tuned config.")
+                   "search's best validation loss is never above the hand-tuned config's (once it trained).")
 def search(**options: object) -> None:
     """Search a model's hyperparameters: Optuna proposes, Ray Tune runs, ASHA stops early, MLflow records.
 

@@ -32,7 +32,8 @@ class SearchConfig:
     config_seeds: seeds each proposed configuration trains with (as members of one fused group); it is ranked, and
     Optuna told, on their mean best validation loss. `trials` counts configurations.
     recipe_trial: the recipe's values of the searched settings are the first configuration (Optuna's enqueued
-    trial), so the best found on validation is never worse than the hand-tuned one.
+    trial), so the best validation loss found is never above the hand-tuned config's
+    (once it trained).
     """
 
     dataset: str

@@ -67,7 +67,11 @@ def choose_group_size(fuse: int | str, *, trials: int, gpu_share: float, proposa
     if seeds == 1:
         return size
     members = max(seeds, size.members // seeds * seeds)
-    return GroupSize(members, f"{size.reason}; {members // seeds} configuration(s) x {seeds} seeds per group")
+    if size.members == 1:
+        return GroupSize(members, f"each configuration's {seeds} seeds as one array; {size.reason}")
+    beyond = f", above the {size.members} the estimate allows: a configuration's seeds train together" \
+        if members > size.members else ""
+    return GroupSize(members, f"{members // seeds} configuration(s) x {seeds} seeds{beyond}; {size.reason}")
 
 
 def _members(fuse: int | str, *, trials: int, gpu_share: float, proposals: Sequence[Experiment]) -> GroupSize:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 
 import numpy as np
 import ray
 
 from benchmarks.training.callbacks import EpochReport, TrainingCallback
+from benchmarks.training.engine import NonFiniteLossError
 
 REDUCTION_FACTOR = 4   # Ray Tune's ASHAScheduler default: the best quarter of each rung goes on
 GRACE_PERIOD = 1
@@ -86,33 +88,42 @@ class GroupRungs:
     """A fused group's ASHA decisions, once per array epoch: its members' validation losses of the epoch, averaged
     per configuration (`seeds` consecutive members train one configuration), go to the rungs actor in one call; the
     members of a configuration it stops are stopped together (each keeps its best weights and is tested; its run is
-    marked stopped).
+    marked stopped). A seed that left early (its patience ran out) counts in its configuration's mean with its last
+    loss; when a seed diverges, the configuration has failed (Optuna is told so) and its other seeds stop at once.
     """
 
     def __init__(self, rungs: ray.actor.ActorHandle, config_ids: dict[int, str]) -> None:
         self.rungs = rungs
         self.config_ids = config_ids   # member index -> the id its configuration has in the rungs
-        self.losses: dict[int, float] = {}
+        self.reported: set[int] = set()
+        self.last: dict[int, float] = {}
+        self.failed: set[str] = set()
         self.stopped: set[int] = set()
 
     def record(self, index: int, value: float) -> None:
-        self.losses[index] = value
+        self.reported.add(index)
+        self.last[index] = value
+
+    def fail(self, index: int) -> None:
+        self.failed.add(self.config_ids[index])
 
     def decide(self, epoch: int) -> set[int]:
-        """The members to stop after `epoch` (those whose configuration ASHA stops)."""
-        losses, self.losses = self.losses, {}
-        by_config: dict[str, list[int]] = {}
-        for index in losses:
-            by_config.setdefault(self.config_ids[index], []).append(index)
-        entries = [(config, epoch, _mean([losses[index] for index in indices])) for config, indices in by_config.items()]
+        """The members to stop after `epoch`: those of a configuration ASHA stops or one of whose seeds diverged."""
+        reported, self.reported = self.reported, set()
+        configs = {self.config_ids[index] for index in reported}
+        stopping = {index for index in reported if self.config_ids[index] in self.failed}
+        entries = [(config, epoch, statistics.fmean(value for index, value in self.last.items()
+                                                    if self.config_ids[index] == config))
+                   for config in sorted(configs - self.failed)]
         keep = ray.get(self.rungs.decide_many.remote(entries)) if entries else []
-        stopping = {index for (config, _, _), kept in zip(entries, keep) if not kept for index in by_config[config]}
+        stopping |= {index for (config, _, _), kept in zip(entries, keep) if not kept for index in reported
+                     if self.config_ids[index] == config}
         self.stopped |= stopping
         return stopping
 
 
 class RungRecorder(TrainingCallback):
-    """Hands member `index`'s validation loss of each epoch to its group's rungs."""
+    """Hands member `index`'s validation loss of each epoch, or its divergence, to its group's rungs."""
 
     def __init__(self, rungs: GroupRungs, index: int) -> None:
         self.rungs = rungs
@@ -121,7 +132,6 @@ class RungRecorder(TrainingCallback):
     def on_epoch(self, report: EpochReport) -> None:
         self.rungs.record(self.index, report.val_loss)
 
-
-def _mean(values: list[float]) -> float:
-    """The mean, or inf when a value is not finite (a diverging seed makes its configuration's value unusable)."""
-    return sum(values) / len(values) if all(math.isfinite(value) for value in values) else math.inf
+    def on_failure(self, error: BaseException) -> None:
+        if isinstance(error, NonFiniteLossError):
+            self.rungs.fail(self.index)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune import Callback
 
-from search.groups import MEMBERS_KEY, member_id
+from search.groups import MEMBERS_KEY, SEEDS_KEY, member_id
 from search.trial import SEARCH_METRIC
 
 if TYPE_CHECKING:
@@ -58,12 +58,19 @@ def member_states(trial: Trial) -> list[str]:
 
 
 def _search_values(trial: Trial) -> list[tuple[str, float | None]]:
-    """(trial or member id, its search metric so far) for a plain trial or each member of a fused group."""
+    """(trial or configuration id, its search metric so far) for a plain trial or each configuration of a fused group
+    (a member, or the mean of the members training it with several seeds, once each of them has a value)."""
     result = trial.last_result or {}
     if MEMBERS_KEY not in trial.config:
         return [(trial.trial_id, result.get(SEARCH_METRIC))]
-    return [(member_id(trial.trial_id, index), outcome.get(SEARCH_METRIC))
-            for index, outcome in enumerate(result.get(MEMBERS_KEY) or [])]
+    seeds = int(trial.config.get(SEEDS_KEY, 1))
+    values = [outcome.get(SEARCH_METRIC) for outcome in result.get(MEMBERS_KEY) or []]
+    found = []
+    for first in range(0, len(values), seeds):
+        seeded = values[first:first + seeds]
+        mean = sum(seeded) / seeds if len(seeded) == seeds and None not in seeded else None
+        found.append((member_id(trial.trial_id, first), mean))
+    return found
 
 
 def format_duration(seconds: float) -> str:

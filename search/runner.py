@@ -45,11 +45,12 @@ from search.refit import refit, refit_seeds
 from search.selection import SelectionDiagnostics, diagnose
 from search.space import EXPERIMENT_KEY, INVALID_KEY, BoundSpace, SearchSpace, default_space_path, load_space
 from search.trial import FEATURES, SEARCH_METRIC, TrialSetup, run_trial, trial_dirname
-from search.trial_logger import TrialLogger, error_line
+from search.trial_logger import TrialLogger, error_line, reached_metrics
 from search.trial_runs import TRIAL_ID_TAG, TrialRuns, TrialTracking
 
 STATE_FILE = "mixbench_search.json"
-SELECTION_FILE = "selection.json"
+# Below the search's folder: its top-level JSON files are what --resume checks against recorded digests.
+SELECTION_FILE = Path("selection") / "selection.json"
 PROPOSAL_CHECKS = 32
 
 
@@ -269,9 +270,11 @@ def _recipe_point(config: SearchConfig, bound: BoundSpace) -> tuple[dict[str, An
     if not config.recipe_trial:
         return None, "proposed by Optuna (--no-recipe-trial)"
     try:
-        return bound.recipe_point(), f"the recipe's ({bound.base.recipe_source or config.model + ' defaults'})"
+        point, differing = bound.recipe_point()
     except SpaceError as error:
         return None, f"proposed by Optuna: {error}"
+    held = f"; the space holds {', '.join(differing)}" if differing else ""
+    return point, f"the recipe's ({bound.base.recipe_source or config.model + ' defaults'}){held}"
 
 
 def _check_proposals(bound: BoundSpace) -> list[Experiment]:
@@ -352,10 +355,8 @@ def _finish(config: SearchConfig, name: str, experiment_dir: Path, setup: TrialS
                     live.log_epoch(summary.metrics)
                 live.finish(summary.metrics, Path(summary.metrics["artifact_dir"]), summary.state)
         elif summary.state == "stopped" and not tested:
-            # The time budget stopped it before its test: its run still says how far validation got.
-            reached = {"best_val_loss": summary.value, "epochs_run": summary.metrics.get("epoch")}
             runs.end(summary.trial_id, "stopped", params=summary.proposed.flat(),
-                     metrics={key: float(value) for key, value in reached.items() if value is not None})
+                     metrics=reached_metrics(summary.metrics))
         elif summary.state == "failed":
             error = summary.metrics.get("error") or error_line(by_id[summary.tune_trial_id])
             runs.end(summary.trial_id, "failed", error=error, params=summary.proposed.flat())
@@ -397,6 +398,7 @@ def _finish(config: SearchConfig, name: str, experiment_dir: Path, setup: TrialS
     if outcome.selection.warning:
         parent.set_tags({"selection_warning": outcome.selection.warning})
     selection_path = experiment_dir / SELECTION_FILE
+    selection_path.parent.mkdir(exist_ok=True)
     selection_path.write_text(json.dumps(outcome.selection.as_dict(), indent=2))
     parent.log_artifact(selection_path)
     if recipe is not None:

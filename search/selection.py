@@ -53,9 +53,10 @@ class SelectionDiagnostics:
                     f"{self.tested} tested configurations, too few (< {MIN_RANKED}) to rank validation against test")
         lines = [f"selection: {spearman}"]
         if self.seed_std is not None:
+            across = "-" if self.config_iqr is None else f"{self.config_iqr:.4g}"
             lines.append(f"selection: validation spread across seeds {self.seed_std:.4g} (median std) vs across "
-                         f"configurations {self.config_iqr:.4g} (interquartile range); {self.within_seed_std} configuration(s) within one "
-                         "seed std of the best")
+                         f"configurations {across} (interquartile range); {self.within_seed_std} configuration(s) "
+                         "within one seed std of the best")
         if self.warning:
             lines.append(f"warning: {self.warning}")
         return lines

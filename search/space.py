@@ -206,9 +206,10 @@ class BoundSpace:
         except SettingError as error:
             return {INVALID_KEY: str(error)}
 
-    def recipe_point(self) -> dict[str, Any]:
+    def recipe_point(self) -> tuple[dict[str, Any], list[str]]:
         """Optuna's parameter values that propose the base experiment's (the recipe's) value of every searched
-        setting, for Optuna to evaluate first; fixed settings stay as the space fixes them.
+        setting, for Optuna to evaluate first, and the settings the space holds at another value than the recipe
+        (fixed, or a condition's `otherwise`), as `name value (recipe: value)`.
 
         Raises SpaceError naming the first searched setting whose recipe value lies outside its domain.
         """
@@ -228,7 +229,13 @@ class BoundSpace:
                 raise SpaceError(f"{self.space.source}: the recipe's {param.path} {value!r} lies outside "
                                  f"{param.describe()}; widen it to start the search from the recipe")
             point[name] = values[param.name] = value
-        return point
+        proposal = self.resolve(self.space(optuna.trial.FixedTrial(point)))
+        if INVALID_KEY in proposal:
+            raise SpaceError(f"{self.space.source}: the recipe's values make no valid config here "
+                             f"({proposal[INVALID_KEY]}); change the fixed settings of the space")
+        made = proposal[EXPERIMENT_KEY]
+        held = {"seq_len": made.seq_len, **made.settings()}
+        return point, [f"{key} {held[key]!r} (recipe: {value!r})" for key, value in recipe.items() if held[key] != value]
 
 
 def default_space_path(model: str) -> Path:

@@ -7,6 +7,7 @@ group's members each have their own run, kept in step the same way from the grou
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from ray.tune import Callback
 from search.group_trial import MEMBER_ROWS_KEY
 from search.groups import MEMBERS_KEY, member_id
 from search.space import EXPERIMENT_KEY, SearchSpace
-from search.trial import GPU_IDS_KEY
+from search.trial import GPU_IDS_KEY, SEARCH_METRIC
 from search.trial_runs import LiveTrialRun, TrialRuns, TrialTracking
 
 if TYPE_CHECKING:
@@ -98,7 +99,14 @@ class TrialLogger(Callback):
             if live is not None:
                 live.finish(outcome, Path(outcome["artifact_dir"]), state)
             return
-        self.runs.end(ident, state, error=outcome.get("error"), params=self.space.decode(config).flat())
+        self.runs.end(ident, state, error=outcome.get("error"), params=self.space.decode(config).flat(),
+                      metrics=reached_metrics(outcome) if state == "stopped" else None)
+
+
+def reached_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """`best_val_loss` and `epochs_run` of a trial (or member) stopped before its test, from its last report."""
+    reached = {"best_val_loss": result.get(SEARCH_METRIC), "epochs_run": result.get("epoch")}
+    return {key: float(value) for key, value in reached.items() if value is not None and math.isfinite(value)}
 
 
 def _runs_of(trial: Trial) -> list[tuple[str, dict[str, Any]]]:

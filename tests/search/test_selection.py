@@ -10,6 +10,7 @@ import re
 import statistics
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -45,7 +46,8 @@ def bound_space(data_dir: Path, text: str | None, tmp_path: Path, model: str = "
 def test_every_shipped_space_starts_from_its_recipe(shared_data_dir: Path, tmp_path: Path, model: str,
                                                     dataset: str) -> None:
     bound = bound_space(shared_data_dir, None, tmp_path, model, dataset)
-    point = bound.recipe_point()
+    point, differing = bound.recipe_point()
+    assert differing == []
     proposal = bound(optuna.trial.FixedTrial(point))
     base = bound.base.settings()
     # every searched setting takes the recipe's value, and the experiment is the recipe's
@@ -63,14 +65,16 @@ def test_a_recipe_outside_the_space_is_named(shared_data_dir: Path, tmp_path: Pa
     # a `divides` filter gives the parameter its per-value Optuna name, which the point uses
     divides = FUSED_SPACE.replace("  d_model: 8\n", "  d_model: {choices: [8, 64]}\n").replace(
         "patch_len: {choices: [16, 24]}", "patch_len: {choices: [8, 16, 24, 32], divides: d_model}")
-    point = bound_space(shared_data_dir, divides, tmp_path).recipe_point()
+    point, _ = bound_space(shared_data_dir, divides, tmp_path).recipe_point()
     assert point["model.d_model"] == 64 and point["model.patch_len@d_model=64"] == 16
 
 
 def test_each_configuration_trains_one_member_per_seed_and_optuna_is_told_their_mean(shared_data_dir: Path,
                                                                                     tmp_path: Path) -> None:
     bound = bound_space(shared_data_dir, FUSED_SPACE, tmp_path)
-    recipe = bound.recipe_point()
+    recipe, differing = bound.recipe_point()
+    # the space fixes d_model 8 and batch 16 where the ETTh1 recipe has 64 and 32
+    assert differing == ["model.d_model 8 (recipe: 64)", "train.batch_size 16 (recipe: 32)"]
     searcher = GroupSearcher(bound, GroupPlan(trials=3, members=4, seeds=2), "val_loss_best", seed=SEED,
                              startup_groups=2, first_point=recipe)
     assert searcher.startup_trials == 4
@@ -152,8 +156,10 @@ def test_a_seeded_search_starts_from_the_recipe_and_logs_its_diagnostics(shared_
     done = subprocess.run(CLI + args, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     output = done.stdout
-    assert "fused groups: 2 trials each, 3 groups (off: auto fuses on GPUs only; 1 configuration(s) x 2 seeds" in output
-    assert "first configuration: the recipe's (MixMamba ETT_script/mixmamba_ETTh1.sh)" in output
+    assert ("fused groups: 2 trials each, 3 groups (each configuration's 2 seeds as one array; off: auto fuses on "
+            "GPUs only)") in output
+    assert ("first configuration: the recipe's (MixMamba ETT_script/mixmamba_ETTh1.sh); the space holds "
+            "model.d_model 8 (recipe: 64), train.batch_size 16 (recipe: 32)") in output
     assert "(recipe)" in output and re.search(r"selection: \d tested configurations, too few", output)
 
     client, runs = store(tmp_path)
@@ -173,10 +179,9 @@ def test_a_seeded_search_starts_from_the_recipe_and_logs_its_diagnostics(shared_
         assert len({run.data.tags["trial_state"] for run in members}) == 1  # ASHA stops a configuration's seeds together
         means.append(statistics.fmean(run.data.metrics["best_val_loss"] for run in members))
     assert parent.data.metrics["best_val_loss"] == pytest.approx(min(means))
-    assert parent.data.metrics["best_val_loss"] <= parent.data.metrics["recipe_val_loss"]
     assert parent.data.metrics["selection_tested_configs"] >= 1 and "selection_seed_val_std" in parent.data.metrics
     experiment_dir = tmp_path / "ray" / f"mixmamba-ETTh1-pred96-seed{SEED}"
-    assert json.loads((experiment_dir / "selection.json").read_text())["seed_std"] == pytest.approx(
+    assert json.loads((experiment_dir / "selection" / "selection.json").read_text())["seed_std"] == pytest.approx(
         parent.data.metrics["selection_seed_val_std"])
     state_file = max(experiment_dir.glob("searcher-state-*.pkl"), key=lambda path: path.name)
     told = sorted(trial["value"] for trial in json.loads(state_file.read_text())["trials"]
@@ -200,3 +205,54 @@ def test_a_seeded_search_starts_from_the_recipe_and_logs_its_diagnostics(shared_
     no_mode = subprocess.run(CLI[:-1] + ["export", "--output", str(export)], check=False, cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=120)
     assert no_mode.returncode == 2 and "give either --suite NAME or --searches" in no_mode.stderr
+
+
+def test_the_progress_line_names_the_best_configuration_by_its_seeds_mean() -> None:
+    from search.progress import ProgressLine
+
+    outcomes = [{"state": "running", "val_loss_best": value} for value in (0.5, 0.7, 0.4)] + [{"state": "running"}]
+    group = SimpleNamespace(trial_id="g0", status="RUNNING", config={MEMBERS_KEY: [{}] * 4, SEEDS_KEY: 2},
+                            last_result={MEMBERS_KEY: outcomes})
+    text, _ = ProgressLine("s", 4, None).line([group])
+    # the second configuration's 0.4 is one seed's, and its other seed has no value yet
+    assert "4 running" in text and "best val_loss_best 0.6000 (trial g0_0)" in text
+
+
+@pytest.mark.slow  # starts Ray
+def test_asha_stops_a_configurations_seeds_together_on_their_mean(tmp_path: Path) -> None:
+    import ray
+
+    from benchmarks.training.engine import NonFiniteLossError
+    from search.member_rungs import GroupRungs, RungRecorder, rungs_actor
+
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    try:
+        actor = rungs_actor("selection-test", 8, tmp_path)
+        ray.get(actor.decide_many.remote([("earlier", 1, 0.30), ("other", 1, 0.31), ("third", 1, 0.32)]))
+        # members 0-1 train configuration a, 2-3 configuration b, 4-5 configuration c (2 seeds each)
+        rungs = GroupRungs(actor, {0: "a", 1: "a", 2: "b", 3: "b", 4: "c", 5: "c"})
+        recorders = [RungRecorder(rungs, index) for index in range(6)]
+        for index, value in enumerate([0.20, 0.36, 0.50, 0.55, 0.28, 0.30]):
+            recorders[index].on_epoch(SimpleNamespace(val_loss=value))
+        # a's mean 0.28 and c's 0.29 lie in the best quarter of the rung at epoch 1; b's 0.525 does not
+        assert rungs.decide(1) == {2, 3} and rungs.stopped == {2, 3}
+        recorders[4].on_failure(NonFiniteLossError("diverged"))  # c's first seed diverges at epoch 2
+        for index, value in ((0, 0.19), (1, 0.35), (5, 0.27)):
+            recorders[index].on_epoch(SimpleNamespace(val_loss=value))
+        assert rungs.decide(2) == {5}  # c has failed: its other seed stops; epoch 2 is no rung for a
+        recorders[0].on_epoch(SimpleNamespace(val_loss=0.18))  # a's second seed left (patience) after epoch 2
+        assert rungs.decide(3) == set()
+        recorders[0].on_epoch(SimpleNamespace(val_loss=0.17))
+        assert rungs.decide(4) == set()
+        # at the rung of epoch 4, a counts with its departed seed's last loss: (0.17 + 0.35) / 2
+        saved = json.loads((tmp_path / "member_rungs" / "rungs.json").read_text())
+        assert saved["4"]["a"][0] == pytest.approx(0.26)
+    finally:
+        ray.shutdown()
+
+
+def test_diagnostics_of_one_configuration_with_seeds_print() -> None:
+    configs = configurations([summary(0, 0, "finished", 0.5, 0.4), summary(0, 1, "finished", 0.52, 0.41)])
+    diagnostics = diagnose(configs)
+    assert diagnostics.config_iqr is None and diagnostics.seed_std == pytest.approx(statistics.stdev([0.5, 0.52]))
+    assert "across configurations - (interquartile range); 0 configuration(s)" in "\n".join(diagnostics.lines())

@@ -34,7 +34,7 @@ done
 WATCH=$!
 wait "${PIDS[@]}"
 kill $WATCH
-( cd $R && tar czf $OUT/r22.tgz mlflow-*.db ray/*/selection.json ray/*/best_config.yaml ray/*/mixbench_search.json \
+( cd $R && tar czf $OUT/r22.tgz mlflow-*.db ray/*/selection ray/*/best_config.yaml ray/*/mixbench_search.json \
     ray/*/member_rungs )
 for H in ${HORIZONS:-96 192 336 720}; do grep -v "^search .* | " $OUT/logs/search-$H.txt | grep -v "^ *[0-9]* .*_[0-9]* " | tail -12; done
 cat $OUT/logs/done.txt

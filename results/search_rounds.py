@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from results.output import write_atomic
-from search.selection import diagnose
+from search.selection import diagnose, prefer_recipe
 from search.space import ProposedConfig
 from search.summary import ConfigSummary, TrialSummary, configurations
 
@@ -29,6 +29,7 @@ def summarize_export(path: Path) -> list[dict[str, Any]]:
         recipe = by_id.get(search.get("tags.recipe_trial_id", ""))
         chosen = by_id.get(search.get("tags.best_trial_id", ""))
         diagnostics = diagnose(configs)
+        preferred, why = prefer_recipe(chosen, recipe) if chosen is not None and chosen.value is not None else (None, "")
         found.append({
             "search": search["tags.search_name"], "dataset": search["tags.dataset"],
             "pred_len": int(search["tags.pred_len"]), "seq_len": search["tags.seq_len"],
@@ -40,6 +41,12 @@ def summarize_export(path: Path) -> list[dict[str, Any]]:
                              "test_mae_mean": _metric(search, "refit_test_mae_mean"),
                              "runs": _metric(search, "refit_runs")},
             "selection": diagnostics.as_dict(),
+            # what --prefer-recipe would have chosen; its test: the recipe's seeds' (trained in the search), or the
+            # chosen configuration's refit
+            "prefer_recipe": None if preferred is None else {
+                "trial_id": preferred.config_id, "why": why,
+                "test_mse_mean": preferred.mean("test_mse") if preferred is recipe else _metric(search,
+                                                                                                 "refit_test_mse_mean")},
         })
     return found
 
@@ -78,17 +85,25 @@ def _config_record(config: ConfigSummary | None) -> dict[str, Any] | None:
 
 def markdown(summaries: list[dict[str, Any]]) -> str:
     """A table: per search, the recipe's and the chosen configuration's validation and test, and the diagnostics."""
-    lines = ["| search | recipe: val / test MSE | chosen: lookback, val / refit test MSE | tested configs | "
-             "rank corr. val-test | seed std of val | configs within one seed std |",
-             "|---|---|---|---|---|---|---|"]
+    header = ("| search | recipe: val / test MSE | chosen: lookback, val / refit test MSE | tested configs | "
+              "rank corr. val-test | seed std of val | configs within one seed std | --prefer-recipe: test MSE |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for entry in summaries:
         recipe, refit, selection = entry["recipe"] or {}, entry["chosen_refit"], entry["selection"]
         lines.append(
             f"| {entry['search']} | {_text(recipe.get('val_loss_mean'))} / {_spread(recipe, 'test_mse')} | "
             f"{entry['chosen_seq_len']}, {_text(entry['chosen_val_loss'])} / {_spread(refit, 'test_mse')} | "
             f"{selection['tested']} of {entry['configurations']} | {_text(selection['spearman'], '+.2f')} | "
-            f"{_text(selection['seed_std'])} | {selection['within_seed_std']} |")
+            f"{_text(selection['seed_std'])} | {selection['within_seed_std']} | {_preferred(entry)} |")
     return "\n".join(lines) + "\n"
+
+
+def _preferred(entry: dict[str, Any]) -> str:
+    preferred = entry["prefer_recipe"]
+    if preferred is None:
+        return "-"
+    which = "recipe" if entry["recipe"] and preferred["trial_id"] == entry["recipe"]["trial_id"] else "chosen"
+    return f"{which}, {_text(preferred['test_mse_mean'])}"
 
 
 def _text(value: float | None, spec: str = ".4f") -> str:

@@ -80,6 +80,9 @@ def _seq_len_choices(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--recipe-trial/--no-recipe-trial", default=True, show_default=True,
               help="Start from the recipe: its values of the searched settings are the first configuration, so the "
                    "search's best validation loss is never above the hand-tuned config's (once it trained).")
+@click.option("--prefer-recipe", is_flag=True,
+              help="Choose the recipe's configuration unless the best beats its mean validation loss by more than one "
+                   "standard error (needs --config-seeds 2 or more).")
 def search(**options: object) -> None:
     """Search a model's hyperparameters: Optuna proposes, Ray Tune runs, ASHA stops early, MLflow records.
 

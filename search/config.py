@@ -34,6 +34,8 @@ class SearchConfig:
     recipe_trial: the recipe's values of the searched settings are the first configuration (Optuna's enqueued
     trial), so the best validation loss found is never above the hand-tuned config's
     (once it trained).
+    prefer_recipe: choose the recipe's configuration unless the best beats its mean validation loss by more than one
+    standard error (search.selection.prefer_recipe); needs recipe_trial and config_seeds >= 2.
     """
 
     dataset: str
@@ -64,6 +66,7 @@ class SearchConfig:
     fuse: int | str = "auto"
     config_seeds: int = 1
     recipe_trial: bool = True
+    prefer_recipe: bool = False
 
 
 def default_name(dataset: str, model: str, pred_len: int, seed: int) -> str:
@@ -102,6 +105,9 @@ def check_config(config: SearchConfig) -> None:
                            ("limit_eval_batches", config.limit_eval_batches)):
         if value is not None and value < 0:
             raise SettingError(f"{{setting}} {value} must be >= 0 (0 = every batch)", setting=setting)
+    if config.prefer_recipe and (not config.recipe_trial or config.config_seeds < 2):
+        raise SettingError("{setting} compares the recipe's configuration with the best on their seeds' spread; it "
+                           "needs the recipe trial and --config-seeds 2 or more", setting="prefer_recipe")
     if config.max_failures < 0:
         raise SettingError(f"{{setting}} {config.max_failures} must be >= 0", setting="max_failures")
 

@@ -42,7 +42,7 @@ from search.member_rungs import actor_name, rungs_actor
 from search.parent_run import ParentRun
 from search.progress import ProgressLine
 from search.refit import refit, refit_seeds
-from search.selection import SelectionDiagnostics, diagnose
+from search.selection import SelectionDiagnostics, diagnose, prefer_recipe
 from search.space import EXPERIMENT_KEY, INVALID_KEY, BoundSpace, SearchSpace, default_space_path, load_space
 from search.trial import FEATURES, SEARCH_METRIC, TrialSetup, run_trial, trial_dirname
 from search.trial_logger import TrialLogger, error_line, reached_metrics
@@ -134,9 +134,9 @@ def run_search(config: SearchConfig) -> SearchOutcome:
 def _resumed_config(given: SearchConfig, saved: dict[str, Any]) -> SearchConfig:
     """The saved settings of the search, except where to run (--address) and how many refit seeds."""
     # A search saved before fused groups existed ran one trial per Tune trial.
-    config = SearchConfig(**{"fuse": 1, "config_seeds": 1, "recipe_trial": False, **saved, "resume": True,
-                             "address": given.address,
-                             "refit_seeds": given.refit_seeds})
+    # Nor recipe trials or seeds per configuration (issue 22).
+    config = SearchConfig(**{"fuse": 1, "config_seeds": 1, "recipe_trial": False, "prefer_recipe": False, **saved,
+                             "resume": True, "address": given.address, "refit_seeds": given.refit_seeds})
     defaults = SearchConfig(dataset=given.dataset)
     differing = [key for key in asdict(given) if key not in ("resume", "address", "refit_seeds", "dataset")
                  and getattr(given, key) != getattr(defaults, key) and getattr(given, key) != saved.get(key)]
@@ -170,7 +170,8 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
                     "gpus_per_trial": config.gpus_per_trial, "max_concurrent": config.max_concurrent,
                     "limit_train_batches": config.limit_train_batches or None,
                     "limit_eval_batches": config.limit_eval_batches or None, "max_failures": config.max_failures,
-                    "fuse": plan.members, "config_seeds": plan.seeds, "recipe_trial": recipe_point is not None},
+                    "fuse": plan.members, "config_seeds": plan.seeds, "recipe_trial": recipe_point is not None,
+                    "prefer_recipe": config.prefer_recipe},
         )
         experiment_dir.mkdir(parents=True, exist_ok=True)
         stored = asdict(dataclasses.replace(config, resume=False, address=None, refit_seeds=0))
@@ -410,6 +411,10 @@ def _finish(config: SearchConfig, name: str, experiment_dir: Path, setup: TrialS
         parent.end("FAILED")
         return outcome
     best = ranked[0]
+    if config.prefer_recipe:
+        best, why = prefer_recipe(best, recipe)
+        outcome.notes.append(f"chosen by --prefer-recipe: {why}")
+        parent.set_tags({"selection_rule": "prefer_recipe", "selection_choice": why})
     outcome.best_trial_id, outcome.best_value = best.config_id, best.value
     experiment = best.experiment
     entry = found.best_config(best, experiment)

@@ -1,9 +1,11 @@
 """How far a search's validation scores can be trusted to choose a configuration: validation against test over the
 tested configurations (test is recorded for this diagnosis and never used to choose), the spread of validation
-across seeds against the spread across configurations, and a one-line warning when validation cannot tell them apart.
+across seeds against the spread across configurations, a one-line warning when validation cannot tell them apart,
+and the rule that keeps the recipe unless the best beats it by more than validation's own noise.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 
@@ -93,3 +95,21 @@ def diagnose(configs: list[ConfigSummary]) -> SelectionDiagnostics:
     return SelectionDiagnostics(tested=len(tested), spearman=spearman, test_complete=test_complete,
                                 seed_std=seed_std, config_iqr=config_iqr, within_seed_std=within,
                                 warning="; ".join(warnings) or None)
+
+
+def prefer_recipe(best: ConfigSummary, recipe: ConfigSummary | None) -> tuple[ConfigSummary, str]:
+    """`recipe` instead of `best` unless best's mean validation loss lies below the recipe's by more than one
+    standard error of their difference (each mean's seed std / sqrt(seeds)); the choice and why, in one line."""
+    if recipe is None or recipe.value is None:
+        return best, "the recipe's configuration has no validation loss to compare with; the best is chosen"
+    if recipe is best:
+        return best, "the recipe's configuration is the best on validation"
+    if best.value_std is None or recipe.value_std is None:
+        return best, "one standard error needs several seeds per configuration (--config-seeds); the best is chosen"
+    error = math.sqrt(best.value_std ** 2 / len(best.members) + recipe.value_std ** 2 / len(recipe.members))
+    margin = recipe.value - best.value  # type: ignore[operator]
+    if margin > error:
+        return best, (f"the best ({best.config_id}) beats the recipe's validation loss by {margin:.4g}, more than one "
+                      f"standard error ({error:.4g})")
+    return recipe, (f"kept the recipe: the best ({best.config_id}) beats its validation loss by {margin:.4g}, within "
+                    f"one standard error ({error:.4g})")

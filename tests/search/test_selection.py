@@ -152,7 +152,7 @@ def test_a_seeded_search_starts_from_the_recipe_and_logs_its_diagnostics(shared_
     args = ["--dataset", "ETTh1", "--model", "mixmamba", "--trials", "3", "--epochs", "2", "--seed", str(SEED),
             "--space", str(space), "--data-dir", str(shared_data_dir), "--limit-train-batches", "2",
             "--limit-eval-batches", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--storage-path", str(tmp_path / "ray"), "--config-seeds", "2", "--max-concurrent", "1"]
+            "--storage-path", str(tmp_path / "ray"), "--config-seeds", "2", "--max-concurrent", "1", "--prefer-recipe"]
     done = subprocess.run(CLI + args, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     output = done.stdout
@@ -162,7 +162,7 @@ def test_a_seeded_search_starts_from_the_recipe_and_logs_its_diagnostics(shared_
             "model.d_model 8 (recipe: 64), train.batch_size 16 (recipe: 32)") in output
     assert "(recipe)" in output and re.search(r"selection: \d tested configurations, too few", output)
 
-    client, runs = store(tmp_path)
+    _, runs = store(tmp_path)
     (parent,) = kind(runs, "search")
     assert parent.info.status == "FINISHED" and parent.data.params["config_seeds"] == "2"
     children = kind(runs, "trial")
@@ -178,7 +178,11 @@ def test_a_seeded_search_starts_from_the_recipe_and_logs_its_diagnostics(shared_
         assert sorted(run.data.tags["seed"] for run in members) == [str(SEED), str(SEED + 1)]
         assert len({run.data.tags["trial_state"] for run in members}) == 1  # ASHA stops a configuration's seeds together
         means.append(statistics.fmean(run.data.metrics["best_val_loss"] for run in members))
-    assert parent.data.metrics["best_val_loss"] == pytest.approx(min(means))
+    recipe_mean = statistics.fmean(run.data.metrics["best_val_loss"] for run in recipe_runs)
+    choice = parent.data.tags["selection_choice"]
+    assert parent.data.tags["selection_rule"] == "prefer_recipe" and f"chosen by --prefer-recipe: {choice}" in output
+    kept = choice.startswith("kept the recipe") or choice.endswith("is the best on validation")
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(recipe_mean if kept else min(means))
     assert parent.data.metrics["selection_tested_configs"] >= 1 and "selection_seed_val_std" in parent.data.metrics
     experiment_dir = tmp_path / "ray" / f"mixmamba-ETTh1-pred96-seed{SEED}"
     assert json.loads((experiment_dir / "selection" / "selection.json").read_text())["seed_std"] == pytest.approx(
@@ -256,3 +260,24 @@ def test_diagnostics_of_one_configuration_with_seeds_print() -> None:
     diagnostics = diagnose(configs)
     assert diagnostics.config_iqr is None and diagnostics.seed_std == pytest.approx(statistics.stdev([0.5, 0.52]))
     assert "across configurations - (interquartile range); 0 configuration(s)" in "\n".join(diagnostics.lines())
+
+
+def test_prefer_recipe_keeps_the_recipe_within_one_standard_error() -> None:
+    from benchmarks.errors import SettingError
+    from search.config import SearchConfig, check_config
+    from search.selection import prefer_recipe
+
+    recipe, close, far = configurations([
+        summary(0, 0, "finished", 0.500, 0.4), summary(0, 1, "finished", 0.504, 0.4),  # mean 0.502, std 0.0028
+        summary(1, 0, "finished", 0.498, 0.5), summary(1, 1, "finished", 0.502, 0.5),  # mean 0.500: 0.002 better
+        summary(2, 0, "finished", 0.490, 0.5), summary(2, 1, "finished", 0.494, 0.5)])  # mean 0.492: 0.010 better
+    # one standard error of the difference: sqrt(2 * 0.0028^2 / 2) = 0.0028
+    chosen, why = prefer_recipe(close, recipe)
+    assert chosen is recipe and why.startswith("kept the recipe: the best (g1_0) beats its validation loss by 0.002,")
+    chosen, why = prefer_recipe(far, recipe)
+    assert chosen is far and "more than one standard error (0.002828)" in why
+    assert prefer_recipe(recipe, recipe)[0] is recipe
+    (single,) = configurations([summary(3, 0, "finished", 0.3, 0.3)])
+    assert prefer_recipe(single, recipe)[0] is single  # one seed: no standard error, the best stays
+    with pytest.raises(SettingError, match="needs the recipe trial and --config-seeds 2 or more"):
+        check_config(SearchConfig(dataset="weather", prefer_recipe=True))

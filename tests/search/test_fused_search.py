@@ -39,8 +39,10 @@ def space_file(tmp_path_factory) -> Path:
 
 
 def fused_args(space: Path, data_dir: Path, root: Path, *extra: str) -> list[str]:
+    # 500 training batches: the second group trains for seconds, so Ctrl+C, sent once the first has ended (polled
+    # every second), finds it running.
     return ["--dataset", "ETTh1", "--model", "mixmamba", "--trials", str(TRIALS), "--epochs", "2", "--seed", str(SEED),
-            "--space", str(space), "--data-dir", str(data_dir), "--limit-train-batches", "2",
+            "--space", str(space), "--data-dir", str(data_dir), "--limit-train-batches", "500",
             "--limit-eval-batches", "1", "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}",
             "--storage-path", str(root / "ray"), "--fuse", "2", "--max-concurrent", "1", *extra]
 

@@ -263,7 +263,7 @@ def _run(config: SearchConfig, store: TrackingStore, name: str, experiment_dir: 
         # Also after Ctrl+C or a failure: the next --resume checks the folder against this record.
         record_digests(experiment_dir)
     del rungs
-    return _finish(config, name, experiment_dir, setup, bound, parent, tracking, trials_log_themselves)
+    return _finish(config, name, experiment_dir, setup, bound, parent, tracking, trials_log_themselves, recipe_point)
 
 
 def _recipe_point(config: SearchConfig, bound: BoundSpace) -> tuple[dict[str, Any] | None, str]:
@@ -295,10 +295,9 @@ def _check_proposals(bound: BoundSpace) -> list[Experiment]:
     return experiments
 
 
-def _recipe_config(config: SearchConfig, bound: BoundSpace,
-                   configs: list[found.ConfigSummary]) -> found.ConfigSummary | None:
-    """The configuration that trained the recipe's values (the first one, when the search started from it)."""
-    point, _ = _recipe_point(config, bound)
+def _recipe_config(bound: BoundSpace, configs: list[found.ConfigSummary],
+                   point: dict[str, Any] | None) -> found.ConfigSummary | None:
+    """The configuration that trained the recipe's values `point` (the first one, when the search started from it)."""
     if point is None or not configs:
         return None
     recipe = bound.space.decode(bound.space(optuna.trial.FixedTrial(point))).flat()
@@ -340,7 +339,8 @@ def _compact(values: dict[str, Any]) -> str:
 
 
 def _finish(config: SearchConfig, name: str, experiment_dir: Path, setup: TrialSetup, bound: BoundSpace,
-            parent: ParentRun, tracking: TrialTracking, trials_log_themselves: bool) -> SearchOutcome:
+            parent: ParentRun, tracking: TrialTracking, trials_log_themselves: bool,
+            recipe_point: dict[str, Any] | None) -> SearchOutcome:
     """Bring every child run in line with the trials Tune saved, then log and print what the search found."""
     trials = ExperimentAnalysis(str(experiment_dir)).trials
     summaries = found.summarize(trials, bound.space)
@@ -386,7 +386,7 @@ def _finish(config: SearchConfig, name: str, experiment_dir: Path, setup: TrialS
 
     configs = found.configurations(summaries)
     ranked = found.ranked(configs)
-    recipe = _recipe_config(config, bound, configs)
+    recipe = _recipe_config(bound, configs, recipe_point)
     outcome.table = found.top_table(configs, recipe_id=recipe.config_id if recipe is not None else None)
     parent.log_metrics({f"trials_{state}": counts[state] for state in ("finished", "stopped", "failed")})
     study = found.rebuild_study(configs, bound.space)

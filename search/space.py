@@ -224,8 +224,8 @@ class BoundSpace:
                 values[param.name] = param.value
                 continue
             value = recipe[param.path]
-            name, domain = _domain(param, values)
-            if not domain(value):
+            name, distribution = _distribution(param, values)
+            if not in_distribution(distribution, value):
                 raise SpaceError(f"{self.space.source}: the recipe's {param.path} {value!r} lies outside "
                                  f"{param.describe()}; widen it to start the search from the recipe")
             point[name] = values[param.name] = value
@@ -505,27 +505,33 @@ def _check_divides(where: str, divides: Any, choices: list[Any], by_name: dict[s
                              f"add a divisor of {value} or drop {value} from {divides}")
 
 
-def _domain(param: Param, values: dict[str, Any]) -> tuple[str, typing.Callable[[Any], bool]]:
-    """A searched parameter's Optuna name given the values above it (as `_propose` names it) and a test of whether a
-    value lies in its domain there."""
+def _distribution(param: Param, values: dict[str, Any]) -> tuple[str, optuna.distributions.BaseDistribution]:
+    """A searched parameter's Optuna name and distribution, given the values of the parameters above it."""
     if param.kind == "categorical":
-        choices = [choice for choice in param.choices
-                   if param.divides is None or values[param.divides] % choice == 0]
-        name = param.path if len(choices) == len(param.choices) else \
-            f"{param.path}@{param.divides}={values[param.divides]}"
-        return name, lambda value: any(value == choice and isinstance(value, bool) == isinstance(choice, bool)
-                                   for choice in choices)
+        choices = list(param.choices)
+        if param.divides is not None:
+            allowed = [choice for choice in choices if values[param.divides] % choice == 0]
+            if allowed != choices:
+                # Optuna fixes a categorical's choices per name, so a filtered list gets its own name.
+                return f"{param.path}@{param.divides}={values[param.divides]}", \
+                    optuna.distributions.CategoricalDistribution(allowed)
+        return param.path, optuna.distributions.CategoricalDistribution(choices)
     low = values[param.low] if isinstance(param.low, str) else param.low
     high = values[param.high] if isinstance(param.high, str) else param.high
+    if param.kind == "int":
+        step = param.step or 1
+        # Optuna wants high on the step grid; the largest reachable value keeps the meaning of "at most high".
+        high = low + (int(high) - int(low)) // step * step
+        return param.path, optuna.distributions.IntDistribution(int(low), int(high), log=param.log, step=step)
+    return param.path, optuna.distributions.FloatDistribution(float(low), float(high), log=param.log, step=param.step)
 
-    def contains(value: Any) -> bool:
-        if not _is_number(value) or not low <= value <= high:
-            return False
-        if param.kind == "int" and value != int(value):
-            return False
-        return not param.step or math.isclose((value - low) / param.step, round((value - low) / param.step))
 
-    return param.path, contains
+def in_distribution(distribution: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    """Whether `value` is one Optuna can take from `distribution` (on its grid, among its choices)."""
+    try:
+        return distribution._contains(distribution.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
 
 
 def _propose(param: Param, trial: optuna.Trial, values: dict[str, Any]) -> Any:
@@ -534,20 +540,11 @@ def _propose(param: Param, trial: optuna.Trial, values: dict[str, Any]) -> Any:
         return param.otherwise if param.has_otherwise else _UNSET
     if param.kind == "fixed":
         return param.value
-    name = param.path
-    if param.kind == "categorical":
-        choices = list(param.choices)
-        if param.divides is not None:
-            allowed = [choice for choice in choices if values[param.divides] % choice == 0]
-            if allowed != choices:
-                # Optuna fixes a categorical's choices per name, so a filtered list gets its own name.
-                name, choices = f"{name}@{param.divides}={values[param.divides]}", allowed
-        return trial.suggest_categorical(name, choices)
-    low = values[param.low] if isinstance(param.low, str) else param.low
-    high = values[param.high] if isinstance(param.high, str) else param.high
-    if param.kind == "int":
-        step = param.step or 1
-        # Optuna wants high on the step grid; the largest reachable value keeps the meaning of "at most high".
-        high = low + (int(high) - int(low)) // step * step
-        return trial.suggest_int(name, int(low), int(high), step=step, log=param.log)
-    return trial.suggest_float(name, float(low), float(high), step=param.step, log=param.log)
+    name, distribution = _distribution(param, values)
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(name, distribution.choices)
+    if isinstance(distribution, optuna.distributions.IntDistribution):
+        return trial.suggest_int(name, distribution.low, distribution.high, step=distribution.step,
+                                 log=distribution.log)
+    return trial.suggest_float(name, distribution.low, distribution.high, step=distribution.step,
+                               log=distribution.log)

@@ -22,7 +22,7 @@ from benchmarks.tracking.writer import coverage_tags
 from benchmarks.training.callbacks import is_test_complete
 from search.groups import MEMBERS_KEY, SEEDS_KEY, config_index, member_id
 from search.progress import member_states, trial_state
-from search.space import EXPERIMENT_KEY, ProposedConfig, SearchSpace
+from search.space import EXPERIMENT_KEY, ProposedConfig, SearchSpace, in_distribution
 from search.trial import SEARCH_METRIC
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ def rebuild_study(configs: list[ConfigSummary], space: SearchSpace) -> optuna.St
         for key, value in config.proposed.flat().items():
             distribution = distributions.get(key)
             # Fixed settings, and a conditional one holding its `otherwise`, are not search dimensions.
-            if distribution is not None and _contains(distribution, value):
+            if distribution is not None and in_distribution(distribution, value):
                 params[key], used[key] = value, distribution
         complete = config.value is not None
         study.add_trial(optuna.trial.create_trial(
@@ -234,13 +234,6 @@ def rebuild_study(configs: list[ConfigSummary], space: SearchSpace) -> optuna.St
             state=optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.FAIL,
             user_attrs={"trial_id": config.config_id, "state": config.state}))
     return study
-
-
-def _contains(distribution: optuna.distributions.BaseDistribution, value: Any) -> bool:
-    try:
-        return distribution._contains(distribution.to_internal_repr(value))
-    except (ValueError, TypeError):
-        return False
 
 
 def write_plots(study: optuna.Study, directory: Path) -> tuple[list[Path], list[str]]:

@@ -19,6 +19,8 @@ MISSING = "--"
 FIRST_COUNT = "1st Count"
 # Wider tables than this many number columns are scaled to the text width in LaTeX.
 LATEX_SCALE_ABOVE = 10
+LATEX_REFERENCE_LABELS_PER_PAGE = 5
+LATEX_LABEL_ONE_LINE = 24  # characters: about the width of 'MSE & MAE' with their std at 9 pt
 
 
 def number_text(cell: Cell, show_std: bool, plus_minus: str = "±") -> str | None:
@@ -173,7 +175,7 @@ def render_latex(table: ForecastTable, show_std: bool = False) -> str:
     """A complete pdflatex document holding the table (booktabs; datasets as multirow groups).
 
     With a reference: an A4/letter landscape page, ours in 9 pt and under each row the published number with our
-    relative difference in 8 pt; never scaled down.
+    relative difference in 8 pt; never scaled down: more than five models go over several pages, one table each.
     """
     if table.reference_labels:
         return _render_latex_reference(table, show_std)
@@ -189,9 +191,7 @@ def render_latex(table: ForecastTable, show_std: bool = False) -> str:
         r"\begin{document}",
         r"\begin{table}[ht]",
         r"\centering",
-        r"\caption{Long-term forecasting, suite \texttt{" + latex_escape(table.suite) + "}: test MSE and MAE"
-        + (r" (mean $\pm$ sample std over seeds)" if show_std else " (mean over seeds)")
-        + r". Lower is better; best in \textbf{bold}, second \underline{underlined}.}",
+        _latex_caption(table, show_std, ""),
     ]
     if n_numbers > LATEX_SCALE_ABOVE:
         lines.append(r"\resizebox{\textwidth}{!}{%")
@@ -226,31 +226,66 @@ def render_latex(table: ForecastTable, show_std: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _latex_caption(table: ForecastTable, show_std: bool, more: str) -> str:
+    return (r"\caption{Long-term forecasting, suite \texttt{" + latex_escape(table.suite) + "}: test MSE and MAE"
+            + (r" (mean $\pm$ sample std over seeds)" if show_std else " (mean over seeds)")
+            + r". Lower is better; best in \textbf{bold}, second \underline{underlined}." + more + "}")
+
+
+def _latex_stacked_label(label: str) -> str:
+    """A label wider than its two numbers ('MixMamba (searched, lookback 96-512)') over lines: the name, then the
+    qualifier split at its commas, so that it does not widen its column."""
+    name, _, qualifier = label.partition(" (")
+    if not qualifier or len(label) <= LATEX_LABEL_ONE_LINE:
+        return latex_escape(label)
+    parts = ("(" + qualifier).split(", ")
+    lines = [name, *(part + ("," if index < len(parts) - 1 else "") for index, part in enumerate(parts))]
+    return r"\begin{tabular}[b]{@{}c@{}}" + r" \\ ".join(latex_escape(line) for line in lines) + r"\end{tabular}"
+
+
 def _render_latex_reference(table: ForecastTable, show_std: bool) -> str:
-    n_numbers = 2 * len(table.labels)
+    # Five models (ten numbers and the published one under each) fill the landscape text width at 9 pt; more are
+    # split over as few equal parts as keep each part at five or fewer, one page each, rather than shrunk.
+    parts_count = -(-len(table.labels) // LATEX_REFERENCE_LABELS_PER_PAGE)
+    size = -(-len(table.labels) // parts_count)
+    parts = [table.labels[start:start + size] for start in range(0, len(table.labels), size)]
     lines = [
         r"\documentclass{article}",
-        # 24.9 cm of text: inside A4 (29.7 cm) and letter (27.9 cm) landscape.
+        # 24.9 cm of text on A4 landscape (29.7 cm); 23.1 cm on letter (27.9 cm).
         r"\usepackage[a4paper,landscape,hmargin=2.4cm,vmargin=1.5cm]{geometry}",
         r"\usepackage{booktabs}",
         r"% multirow ships with texlive-latex-extra; without it each dataset name stands in its group's first row.",
         r"\IfFileExists{multirow.sty}{\usepackage{multirow}}{\newcommand{\multirow}[3]{##3}}",
         r"\pagestyle{empty}",
         r"\begin{document}",
-        r"\begin{table}[ht]",
-        r"\centering",
-        r"\small",
-        r"\setlength{\tabcolsep}{4pt}",
-        r"\caption{Long-term forecasting, suite \texttt{" + latex_escape(table.suite) + "}: test MSE and MAE"
-        + (r" (mean $\pm$ sample std over seeds)" if show_std else " (mean over seeds)")
-        + r". Lower is better; best in \textbf{bold}, second \underline{underlined}. Under each row, in smaller "
-        r"type: the MixMamba paper's published number and (ours $-$ paper) / paper.}",
-        r"\begin{tabular}{ll" + "r" * n_numbers + "}",
+    ]
+    for number, labels in enumerate(parts, start=1):
+        if number > 1:
+            lines.append(r"\clearpage")
+        part = f" Part {number} of {len(parts)}; bold and underline rank all {len(table.labels)} columns." \
+            if len(parts) > 1 else ""
+        lines += [
+            r"\begin{table}[ht]",
+            r"\centering",
+            r"\small",
+            r"\setlength{\tabcolsep}{4pt}",
+            _latex_caption(table, show_std, r" Under each row, in smaller type: the MixMamba paper's published number "
+                           r"and (ours $-$ paper) / paper." + part),
+            *_latex_reference_tabular(table, labels, show_std),
+            r"\end{table}",
+        ]
+    lines.append(r"\end{document}")
+    return "\n".join(lines) + "\n"
+
+
+def _latex_reference_tabular(table: ForecastTable, labels: list[str], show_std: bool) -> list[str]:
+    lines = [
+        r"\begin{tabular}{ll" + "r" * 2 * len(labels) + "}",
         r"\toprule",
         r"\multicolumn{2}{c}{Models} & "
-        + " & ".join(rf"\multicolumn{{2}}{{c}}{{{latex_escape(label)}}}" for label in table.labels) + r" \\",
-        " ".join(rf"\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(table.labels))),
-        r"\multicolumn{2}{c}{Metric} & " + " & ".join(["MSE & MAE"] * len(table.labels)) + r" \\",
+        + " & ".join(rf"\multicolumn{{2}}{{c}}{{{_latex_stacked_label(label)}}}" for label in labels) + r" \\",
+        " ".join(rf"\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(labels))),
+        r"\multicolumn{2}{c}{Metric} & " + " & ".join(["MSE & MAE"] * len(labels)) + r" \\",
     ]
     for dataset in dict.fromkeys(row.dataset for row in table.rows):
         group = [row for row in table.rows if row.dataset == dataset]
@@ -259,18 +294,18 @@ def _render_latex_reference(table: ForecastTable, show_std: bool) -> str:
             name = rf"\multirow{{{2 * len(group)}}}{{*}}{{{latex_escape(dataset)}}}" if index == 0 else ""
             cells = [_latex_cell(number_text(row.cells[(label, metric)], show_std, r"$\pm$"),
                                  row.cells[(label, metric)].mark)
-                     for label in table.labels for metric in METRICS]
+                     for label in labels for metric in METRICS]
             lines.append(" & ".join([name, str(row.horizon), *cells]) + r" \\")
             papers = [reference_text(row.references[(label, metric)]) if label in table.reference_labels else None
-                      for label in table.labels for metric in METRICS]
+                      for label in labels for metric in METRICS]
             smaller = [r"\footnotesize " + text.replace("%", r"\%") if text else "" for text in papers]
             lines.append(" & ".join(["", r"\footnotesize paper", *smaller]) + r" \\[2pt]")
     lines.append(r"\midrule")
     lines.append(rf"\multicolumn{{2}}{{c}}{{{FIRST_COUNT}}} & "
-                 + " & ".join(str(table.first_count[(label, metric)]) for label in table.labels for metric in METRICS)
+                 + " & ".join(str(table.first_count[(label, metric)]) for label in labels for metric in METRICS)
                  + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", r"\end{document}"]
-    return "\n".join(lines) + "\n"
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return lines
 
 
 def render(table: ForecastTable, format: str, show_std: bool = False) -> str:

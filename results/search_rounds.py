@@ -31,7 +31,7 @@ def summarize_export(path: Path) -> list[dict[str, Any]]:
         diagnostics = diagnose(configs)
         preferred, why = prefer_recipe(chosen, recipe) if chosen is not None and chosen.value is not None else (None, "")
         found.append({
-            "search": search["tags.search_name"], "dataset": search["tags.dataset"],
+            "search": search["tags.search_name"], "export": path.name, "dataset": search["tags.dataset"],
             "pred_len": int(search["tags.pred_len"]), "seq_len": search["tags.seq_len"],
             "configurations": len(configs), "trials": sum(len(config.members) for config in configs),
             "recipe": _config_record(recipe), "chosen": _config_record(chosen),
@@ -88,10 +88,13 @@ def markdown(summaries: list[dict[str, Any]]) -> str:
     header = ("| search | recipe: val / test MSE | chosen: lookback, val / refit test MSE | tested configs | "
               "rank corr. val-test | seed std of val | configs within one seed std | --prefer-recipe: test MSE |")
     lines = [header, "|---|---|---|---|---|---|---|---|"]
+    names = [entry["search"] for entry in summaries]
     for entry in summaries:
         recipe, refit, selection = entry["recipe"] or {}, entry["chosen_refit"], entry["selection"]
+        # a search run twice under one name is told apart by its export
+        name = entry["search"] if names.count(entry["search"]) == 1 else f"{entry['search']} ({entry['export']})"
         lines.append(
-            f"| {entry['search']} | {_text(recipe.get('val_loss_mean'))} / {_spread(recipe, 'test_mse')} | "
+            f"| {name} | {_text(recipe.get('val_loss_mean'))} / {_spread(recipe, 'test_mse')} | "
             f"{entry['chosen_seq_len']}, {_text(entry['chosen_val_loss'])} / {_spread(refit, 'test_mse')} | "
             f"{selection['tested']} of {entry['configurations']} | {_text(selection['spearman'], '+.2f')} | "
             f"{_text(selection['seed_std'])} | {selection['within_seed_std']} | {_preferred(entry)} |")
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, required=True, help="folder for summary.json and summary.md")
     args = parser.parse_args(argv)
     summaries = sorted((entry for path in args.exports for entry in summarize_export(path)),
-                       key=lambda entry: (entry["dataset"], entry["search"].rsplit("-", 1)[0], entry["pred_len"]))
+                       key=lambda entry: (entry["dataset"], entry["search"].rsplit("-", 1)[0], entry["pred_len"],
+                                         entry["export"]))
     args.output.mkdir(parents=True, exist_ok=True)
     write_atomic(args.output / "summary.json", json.dumps(summaries, indent=2) + "\n")
     write_atomic(args.output / "summary.md", markdown(summaries))

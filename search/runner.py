@@ -122,8 +122,11 @@ def run_search(config: SearchConfig) -> SearchOutcome:
         size = choose_group_size(config.fuse, trials=config.trials, gpu_share=config.gpus_per_trial,
                                  proposals=proposals, seeds=config.config_seeds)
         if size.members > 1 and any(experiment.train.compile for experiment in proposals):
-            raise SettingError("{setting} groups train as one CUDA graph, which train.compile cannot join; pass "
-                               "--fuse off or fix train.compile: false in the space", setting="fuse")
+            # --fuse off cannot help when --config-seeds already groups each configuration's seeds
+            remedy = ("fix train.compile: false in the space (--config-seeds trains a configuration's seeds as one "
+                      "group)" if config.config_seeds > 1 else "pass --fuse off or fix train.compile: false in the space")
+            raise SettingError("{setting} groups train as one CUDA graph, which train.compile cannot join; " + remedy,
+                               setting="fuse")
         config = dataclasses.replace(config, fuse=size.members)
         return _run(config, store, name, experiment_dir, bound, saved, size.reason)
     finally:

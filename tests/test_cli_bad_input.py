@@ -60,6 +60,9 @@ MATRIX: list[tuple[list[str], str]] = [
     (SEARCH + ["--space", "{tmp}/missing.yaml"], "no such file"),
     (SEARCH + ["--space", "{tmp}/broken.yaml"], "is not valid YAML"),
     (SEARCH + ["--space", "{tmp}/unknown.yaml"], "model.nosuch is not a dlinear setting"),
+    (SEARCH + ["--space", "{tmp}/compile.yaml", "--fuse", "2"], "pass --fuse off or fix train.compile: false"),
+    (SEARCH + ["--space", "{tmp}/compile.yaml", "--config-seeds", "2"],
+     "fix train.compile: false in the space (--config-seeds trains a configuration's seeds as one group)"),
     (SEARCH + ["--gpus-per-trial", "-1"], "--gpus-per-trial -1.0 must be >= 0"),
     (SEARCH + ["--time-budget", "-5"], "--time-budget -5.0 must be >= 0"),
     (SEARCH + ["--search-seq-len", "a,b"], "--search-seq-len"),
@@ -99,6 +102,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "empty" / "ETT-small").mkdir(parents=True)
     (tmp_path / "broken.yaml").write_text("model: {moving_avg: [5\n")
     (tmp_path / "unknown.yaml").write_text("model:\n  nosuch: {choices: [1]}\n")
+    (tmp_path / "compile.yaml").write_text("train:\n  compile: {choices: [true]}\n")
     return tmp_path
 
 

@@ -1,22 +1,17 @@
 #!/bin/bash
 # How round 3 ran (issue 22, session 7), one `device` call per line below, from the repo root on an H200 machine
-# (carry .carry17: the weather/ETTh1 CSVs as data/; .whl17: the offline Ray/Optuna/MLflow wheels and install.sh):
+# (carry .carry17: the weather/ETTh1 CSVs as data/; .whl17: `bash cluster/offline-wheels.sh .whl17 3.12`):
 #   LIMIT=450 BUDGET=270 bash results/paper/search_round3/run_on_device.sh
 #   TAG=-lookbacks EXTRA="--search-seq-len 96,192,336,512" LIMIT=450 BUDGET=270 bash results/paper/search_round3/run_on_device.sh
 #   DATASET=weather HORIZONS=96 SHARE=0.25 TRIALS=48 LIMIT=540 BUDGET=430 bash results/paper/search_round3/run_on_device.sh
+#   DATASET=weather HORIZONS="96 192" LIMIT=545 BUDGET=300 bash results/paper/search_round3/run_on_device.sh   (session 8)
+#   DATASET=weather HORIZONS="336 720" LIMIT=545 BUDGET=300 bash results/paper/search_round3/run_on_device.sh  (session 8)
 # Then, here: mixbench export --searches --tracking-uri sqlite:///<each mlflow-H.db> --output <its CSV>.
 # Issue 22 device call: MixMamba searches on ETTh1, lookback 96, horizons in $HORIZONS, all at once on one H200
 # (one local Ray runtime per horizon, each with half the GPU in 0.5 shares = 2 fused groups at a time), each
 # configuration trained with 3 seeds and ranked on their mean validation loss, the recipe's configuration first;
-# then the chosen configuration refit with 3 seeds (full epochs, every test window). Carry .carry17 .whl17 .carry22.
-START=$(date +%s); ROOT=$PWD
-mkdir -p $OUT/logs
-bash .whl17/install.sh > $OUT/logs/install.txt 2>&1 || { tail -20 $OUT/logs/install.txt; exit 1; }
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-python3 -m pip install -q --no-deps --no-build-isolation -e . > $OUT/logs/pip.txt 2>&1 || tail -5 $OUT/logs/pip.txt
-export MIXBENCH_DATA_DIR=$PWD/.carry17/data RAY_USAGE_STATS_ENABLED=0 RAY_enable_metrics_collection=0 \
-  PYTHONUNBUFFERED=1 MIXBENCH_CACHE_DIR=/tmp/mbcache
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > $OUT/logs/machine.txt
+# then the chosen configuration refit with 3 seeds (full epochs, every test window). Carry .carry17 .whl17.
+source results/paper/search_round3/device_setup.sh
 echo "setup done at $(( $(date +%s) - START )) s"
 R=/tmp/r22; rm -rf $R; mkdir -p $R
 PIDS=()

@@ -1,14 +1,10 @@
 #!/bin/bash
 # Issue 18 on one H200, from the repo root, in one `device` call: mamba-ssm built for sm_90 from its PyPI source,
 # then the official MixMamba code and ours on weather (pred_len $PRED, default 96), seeds $SEEDS all at once.
-# Carry .carry17 (data/: weather/weather.csv) and .carry18, made on a machine with an index:
-#   official/       git archive ee2fe4b of github.com/KhaledAlkilane89/MixMamba (img/ left out)
-#   sdist/          MAMBA_SKIP_CUDA_BUILD=TRUE pip download --no-deps --no-build-isolation --no-binary :all:
-#                   mamba-ssm==2.3.2.post1
-#   site18.tar.xz   a `pip install --target` tree for Python 3.12 of what the image lacks: transformers<5 (mamba_ssm
-#                   imports its generation outputs, gone in 5), einops, beartype 0.18.5, colt5-attention 0.11.0 and
-#                   local-attention 1.9.1 (the official requirements), ninja (its binary in bin/), and their needs
-#                   but torch, numpy and the packages torch brings
+# Carry .carry17 (data/: weather/weather.csv) and .carry18, made where a package index is reachable by
+#   bash results/official/make_carry.sh <git dir of KhaledAlkilane89/MixMamba> .carry18
+# (the official tree at ee2fe4b, the mamba-ssm 2.3.2.post1 sdist, and a 9 MB bundle of what the image lacks:
+# transformers<5, einops, the official requirements beartype/colt5-attention/local-attention, ninja).
 # OFFICIAL_EXTRA / OURS_EXTRA: more flags, e.g. "--train-epochs 1 --skip-test" / "--epochs 1" for a smoke run.
 START=$(date +%s); PRED=${PRED:-96}; SEEDS=${SEEDS:-2021 2022 2023}
 mkdir -p $OUT/logs /tmp/site18

@@ -3,13 +3,13 @@
 # then the official MixMamba code and ours on weather (pred_len $PRED, default 96), seeds $SEEDS all at once.
 # Carry .carry17 (data/: weather/weather.csv) and .carry18, made where a package index is reachable by
 #   bash results/official/make_carry.sh <git dir of KhaledAlkilane89/MixMamba> .carry18
-# (the official tree at ee2fe4b, the mamba-ssm 2.3.2.post1 sdist, and a 9 MB bundle of what the image lacks:
+# (the official tree at ee2fe4b, the mamba-ssm 2.3.2.post1 sdist, and an 8 MB bundle of what the image lacks:
 # transformers<5, einops, the official requirements beartype/colt5-attention/local-attention, ninja).
 # OFFICIAL_EXTRA / OURS_EXTRA: more flags, e.g. "--train-epochs 1 --skip-test" / "--epochs 1" for a smoke run.
 START=$(date +%s); PRED=${PRED:-96}; SEEDS=${SEEDS:-2021 2022 2023}
-mkdir -p $OUT/logs /tmp/site18
-tar xJf .carry18/site18.tar.xz -C /tmp/site18
-export PYTHONPATH=/tmp/site18${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site18/bin:$PATH PYTHONUNBUFFERED=1
+mkdir -p $OUT/logs
+bash .carry18/site/install.sh
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . > $OUT/logs/pip.txt 2>&1 || tail -5 $OUT/logs/pip.txt
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > $OUT/logs/machine.txt
 # the official data loaders import scikit-learn, which this carry lacks (with scipy, 44 MB of wheels)

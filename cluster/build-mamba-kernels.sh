@@ -17,6 +17,11 @@
 #   PARALLEL   1 (default) builds both packages at once; 0 one after the other.
 #   PACKAGES   which to build: "causal_conv1d mamba_ssm" (default), or one of them.
 #   BUILD_DIR  scratch folder (default: a new temporary folder, removed afterwards).
+#   SPLIT_COMPILE  threads for one causal-conv1d source's optimizer (nvcc --split-compile; default 0: every core).
+#              causal-conv1d has 4 sources and causal_conv1d_bwd.cu is nearly all of its build (alone on 2 cores,
+#              nvcc 13.0, sm_90: bwd 240 s, fwd 13 s, update 5 s), so more nvcc processes cannot help; splitting that
+#              file's cicc/ptxas work over threads does (bwd 187 s on the same 2 cores). mamba-ssm's 10 sources
+#              already fill the cores.
 #
 # Why the edit: both setup.py files hard-code their -gencode list (sm_75 ... sm_121 with CUDA 13), and torch's
 # TORCH_CUDA_ARCH_LIST is ignored once a -gencode flag is present, so a build for one GPU means narrowing that list.
@@ -38,6 +43,7 @@ PYTHON="${PYTHON:-python3}"
 MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 PARALLEL="${PARALLEL:-1}"
 PACKAGES="${PACKAGES:-causal_conv1d mamba_ssm}"
+SPLIT_COMPILE="${SPLIT_COMPILE:-0}"
 
 if [[ ! "$ARCH" =~ ^[0-9]{2,3}[a-z]?$ ]]; then
     echo "build-mamba-kernels.sh: ARCH '$ARCH' is not a compute capability; give it without the dot, e.g. 90" >&2
@@ -108,8 +114,9 @@ build_one() {
     mkdir -p "$src"
     tar -xzf "$sdist" -C "$src" --strip-components=1
     narrow_gencode "$src/setup.py"
-    local began=$SECONDS
-    if MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS="$jobs" \
+    local began=$SECONDS append=""
+    if [[ "$name" == causal_conv1d ]]; then append="--split-compile=$SPLIT_COMPILE"; fi
+    if NVCC_APPEND_FLAGS="$append" MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS="$jobs" \
         "$PYTHON" -m pip wheel --verbose --no-deps --no-build-isolation --no-index --no-cache-dir -w "$OUT_DIR" "$src" \
         >"$OUT_DIR/$name.log" 2>&1; then
         echo "$name $((SECONDS - began)) ok" >"$WORK/$name.time"

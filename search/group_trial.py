@@ -19,7 +19,7 @@ from benchmarks.training.fused_engine import run_fused
 from search.groups import MEMBERS_KEY, SEEDS_KEY, config_index, member_id
 from search.member_rungs import GroupRungs, RungRecorder
 from search.space import EXPERIMENT_KEY, INVALID_KEY
-from search.trial import (ARTIFACT_DIR, GPU_IDS_KEY, OUT_OF_MEMORY_FILE, SEARCH_METRIC, TrialSetup, assigned_gpus,
+from search.trial import (ARTIFACT_DIR, OUT_OF_MEMORY_FILE, SEARCH_METRIC, TrialSetup, placement,
                           epoch_row, trial_dirname)
 from search.trial_runs import TrialRunCallback, TrialRuns
 
@@ -40,7 +40,7 @@ def run_group(config: dict[str, Any], setup: TrialSetup) -> None:
     members = config[MEMBERS_KEY]
     reporter = GroupReporter(records, [_saved_outcome(records, Path(setup.experiment_dir), index)
                                        or _first_outcome(member) for index, member in enumerate(members)],
-                             assigned_gpus())
+                             placement())
     training = [index for index, outcome in enumerate(reporter.outcomes) if outcome["state"] == "running"]
     seeds = int(config.get(SEEDS_KEY, 1))
     rungs = GroupRungs(ray.get_actor(setup.rungs), {
@@ -80,10 +80,10 @@ class GroupReporter:
     with each report, so the group's last result always says where each member stands; an outcome is saved under
     `records` when its member leaves."""
 
-    def __init__(self, records: Path, outcomes: list[dict[str, Any]], gpus: str) -> None:
+    def __init__(self, records: Path, outcomes: list[dict[str, Any]], where: dict[str, str]) -> None:
         self.records = records
         self.outcomes = outcomes
-        self.gpus = gpus
+        self.where = where
         self.rows: list[tuple[int, dict[str, float]]] = []
 
     def best(self) -> float:
@@ -105,12 +105,12 @@ class GroupReporter:
         """One Tune report for the array's epoch: each member's row and every member's outcome."""
         rows, self.rows = self.rows, []
         tune.report({"epoch": epoch, SEARCH_METRIC: self.best(), MEMBER_ROWS_KEY: [list(row) for row in rows],
-                     MEMBERS_KEY: [dict(outcome) for outcome in self.outcomes], GPU_IDS_KEY: self.gpus})
+                     MEMBERS_KEY: [dict(outcome) for outcome in self.outcomes], **self.where})
 
     def final(self) -> dict[str, Any]:
         epochs = [outcome.get("epoch", 0) for outcome in self.outcomes]
         return {"epoch": max(epochs, default=0), SEARCH_METRIC: self.best(),
-                MEMBERS_KEY: [dict(outcome) for outcome in self.outcomes], GPU_IDS_KEY: self.gpus}
+                MEMBERS_KEY: [dict(outcome) for outcome in self.outcomes], **self.where}
 
 
 class MemberReporter(TrainingCallback):

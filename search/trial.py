@@ -26,6 +26,8 @@ OUT_OF_MEMORY_FILE = "out_of_memory.txt"
 ARTIFACT_DIR = "artifacts"
 SEARCH_METRIC = "val_loss_best"
 GPU_IDS_KEY = "gpu_ids"   # every report's: the GPUs Ray gave the trial ("0", "" without), tagged on its runs
+CUDA_DEVICE_KEY = "cuda_device"   # every report's: the UUID of the CUDA device it trains on ("" without), tagged too
+PLACEMENT_KEYS = (GPU_IDS_KEY, CUDA_DEVICE_KEY)
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,8 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         live = TrialRuns(setup.tracking).open(trial_id, experiment)
         if live is not None:
             callbacks.append(TrialRunCallback(live))
-    gpus = assigned_gpus()
-    callbacks.append(TuneReporter(setup.epochs, gpus))
+    where = placement()
+    callbacks.append(TuneReporter(setup.epochs, where))
     try:
         result = run_experiment(experiment, callbacks=callbacks, resume_state=resume_state,
                                 artifact_dir=trial_dir / ARTIFACT_DIR)
@@ -89,13 +91,17 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         raise
     final = {**result.final_metrics(), "artifact_dir": str(result.artifact_dir),
              "test_windows": result.test_windows, "test_windows_total": result.test_windows_total}
-    tune.report({**result.history[-1], SEARCH_METRIC: result.best_val_loss, **final, GPU_IDS_KEY: gpus})
+    tune.report({**result.history[-1], SEARCH_METRIC: result.best_val_loss, **final, **where})
 
 
-def assigned_gpus() -> str:
-    """The ids of the GPUs Ray assigned this worker, comma-separated ("" on a CPU): one id for every trial or fused
-    group, as a GPU share of 1/n never spans two GPUs."""
-    return ",".join(str(gpu) for gpu in ray.get_gpu_ids())
+def placement() -> dict[str, str]:
+    """Where this worker trains: the ids of the GPUs Ray assigned it, comma-separated (one for every trial or fused
+    group, as a GPU share of 1/n never spans two GPUs), and the UUID of the CUDA device its tensors go to, which
+    tells physical GPUs apart whatever ids each worker's CUDA_VISIBLE_DEVICES renumbers; both "" on a CPU."""
+    device = ""
+    if torch.cuda.is_available():
+        device = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    return {GPU_IDS_KEY: ",".join(str(gpu) for gpu in ray.get_gpu_ids()), CUDA_DEVICE_KEY: device}
 
 
 def trial_dirname(trial_id: str) -> str:
@@ -109,19 +115,19 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
 
 
 class TuneReporter(TrainingCallback):
-    """One Tune report per epoch but the last (the search metric is val_loss_best, and the trial's GPUs), each with a
-    checkpoint."""
+    """One Tune report per epoch but the last (the search metric is val_loss_best, and where the trial trains), each
+    with a checkpoint."""
 
-    def __init__(self, epochs: int, gpus: str) -> None:
+    def __init__(self, epochs: int, where: dict[str, str]) -> None:
         self.epochs = epochs
-        self.gpus = gpus
+        self.where = where
 
     def on_epoch(self, report: EpochReport) -> None:
         if report.epoch >= self.epochs:
             return
         with tempfile.TemporaryDirectory() as directory:
             torch.save(report.state(), Path(directory) / CHECKPOINT_FILE)
-            tune.report({**epoch_row(report), GPU_IDS_KEY: self.gpus},
+            tune.report({**epoch_row(report), **self.where},
                         checkpoint=tune.Checkpoint.from_directory(directory))
 
 

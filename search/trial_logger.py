@@ -16,7 +16,7 @@ from ray.tune import Callback
 from search.group_trial import MEMBER_ROWS_KEY
 from search.groups import MEMBERS_KEY, member_id
 from search.space import EXPERIMENT_KEY, SearchSpace
-from search.trial import GPU_IDS_KEY, SEARCH_METRIC
+from search.trial import GPU_IDS_KEY, PLACEMENT_KEYS, SEARCH_METRIC
 from search.trial_runs import LiveTrialRun, TrialRuns, TrialTracking
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class TrialLogger(Callback):
             self.placed.add(trial.trial_id)
             for ident, _ in _runs_of(trial):
                 if ident in self.live:
-                    self.live[ident].writer.set_tags({GPU_IDS_KEY: result[GPU_IDS_KEY]})
+                    self.live[ident].writer.set_tags({key: result[key] for key in PLACEMENT_KEYS if key in result})
         if MEMBER_ROWS_KEY in result:
             for index, row in result[MEMBER_ROWS_KEY]:
                 live = self.live.get(member_id(trial.trial_id, index))

@@ -56,6 +56,7 @@ def test_each_trial_and_fused_group_runs_on_one_gpu(fuse: str, two_gpu_runtime, 
     assert len(children) == 4
     placed = [run.data.tags["gpu_ids"] for run in children]
     assert set(placed) <= {str(gpu) for gpu in range(GPUS)}  # one id each: no trial or group spans two GPUs
+    assert {run.data.tags["cuda_device"] for run in children} == {""}  # recorded; no CUDA device on this machine
     if fuse == "2":
         by_group: dict[str, set[str]] = {}
         for run in children:

@@ -116,7 +116,7 @@ build_one() {
     narrow_gencode "$src/setup.py"
     local began=$SECONDS append=""
     if [[ "$name" == causal_conv1d ]]; then append="--split-compile=$SPLIT_COMPILE"; fi
-    if NVCC_APPEND_FLAGS="$append" MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS="$jobs" \
+    if NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-}${NVCC_APPEND_FLAGS:+ }$append" MAMBA_FORCE_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE MAX_JOBS="$jobs" \
         "$PYTHON" -m pip wheel --verbose --no-deps --no-build-isolation --no-index --no-cache-dir -w "$OUT_DIR" "$src" \
         >"$OUT_DIR/$name.log" 2>&1; then
         echo "$name $((SECONDS - began)) ok" >"$WORK/$name.time"

@@ -22,8 +22,15 @@ MEMBER_ID_SEPARATOR = "_"
 
 
 def member_id(trial_id: str, index: int) -> str:
-    """The id of member `index` of group trial `trial_id` (its MLflow child run's trial_id tag), e.g. `a1b2c_00003_2`."""
+    """The id of member `index` of group trial `trial_id` (its MLflow child run's trial_id tag), e.g. `b8f2425b_2`."""
     return f"{trial_id}{MEMBER_ID_SEPARATOR}{index}"
+
+
+def tune_trial_of(run_trial_id: str) -> str:
+    """The Tune trial a child run's trial_id tag belongs to: a member's group trial, or a plain trial itself (Tune's
+    trial ids, 8 hex digits, hold no separator)."""
+    group, separator, index = run_trial_id.rpartition(MEMBER_ID_SEPARATOR)
+    return group if separator and index.isdigit() else run_trial_id
 
 
 def member_paths(space: SearchSpace) -> frozenset[str]:

@@ -3,7 +3,8 @@
 # cluster/build-mamba-kernels.sh) and installs the kernels named in $KERNELS. A wheel already in /tmp/mamba-wheels
 # is reused: a machine kept warm between calls builds each package once. Logs go to $OUT/logs.
 START=$(date +%s)
-mkdir -p $OUT/logs
+: "${OUT:?the device call sets OUT}"
+mkdir -p "$OUT/logs"
 bash .carry18/site/install.sh
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-deps --no-build-isolation -e . > $OUT/logs/pip.txt 2>&1 || tail -5 $OUT/logs/pip.txt
@@ -14,8 +15,9 @@ missing=""
 for name in $KERNELS; do ls /tmp/mamba-wheels/$name-*.whl > /dev/null 2>&1 || missing="$missing $name"; done
 if [ -n "$missing" ]; then
   # nproc honours OMP_NUM_THREADS, which the image sets low: name the cores.
+  # Bounded, so that a slow build still leaves the call time to bring its log back (causal-conv1d once ran past 575 s).
   MAX_JOBS=$(grep -c ^processor /proc/cpuinfo) SDIST_DIR=.carry18/sdist PACKAGES="${missing# }" \
-    bash cluster/build-mamba-kernels.sh 90 /tmp/mamba-wheels > $OUT/logs/build.txt 2>&1 || tail -30 $OUT/logs/build.txt
+    timeout ${BUILD_LIMIT:-420} bash cluster/build-mamba-kernels.sh 90 /tmp/mamba-wheels > $OUT/logs/build.txt 2>&1 || tail -30 $OUT/logs/build.txt
   cp /tmp/mamba-wheels/build-times.json $OUT/ 2>/dev/null
   cat /tmp/mamba-wheels/*.log > $OUT/logs/build-verbose.txt 2>/dev/null
   echo "built${missing} at $(( $(date +%s) - START )) s"

@@ -35,4 +35,4 @@ step epoch-ours-bf16 60 python3 -m benchmarks.speed.official_compare ours $commo
   --out $OUT/epoch_ours_bf16_weather_96.json
 tail -3 $OUT/logs/pytest-parity.txt
 echo "all done at $(( $(date +%s) - START )) s"
-tar czf /tmp/kernels.tar.gz -C $OUT . && rm -rf $OUT/* && mv /tmp/kernels.tar.gz $OUT/
+tar czf /tmp/kernels.tar.gz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/kernels.tar.gz "$OUT"/

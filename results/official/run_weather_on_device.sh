@@ -14,6 +14,7 @@ KERNELS="mamba_ssm"
 source results/official/device_setup.sh
 LEFT=$(( ${DEADLINE:-570} - ($(date +%s) - START) ))
 LIMIT=${LIMIT:-$LEFT}; (( LIMIT > LEFT )) && LIMIT=$LEFT
+(( LIMIT > 0 )) || { echo "no time left for the runs after the setup ($LEFT s)"; exit 1; }
 echo "runs start at $(( $(date +%s) - START )) s, each stopped after $LIMIT s"
 for SEED in $SEEDS; do
   timeout -k 20 $LIMIT python3 -m benchmarks.speed.official_compare official --official-dir .carry18/official \
@@ -26,4 +27,4 @@ done
 wait
 for f in $OUT/logs/official-*.txt $OUT/logs/ours-*.txt; do echo "== $f"; tail -4 $f; done
 echo "all done at $(( $(date +%s) - START )) s"
-tar czf /tmp/weather.tar.gz -C $OUT . && rm -rf $OUT/* && mv /tmp/weather.tar.gz $OUT/
+tar czf /tmp/weather.tar.gz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/weather.tar.gz "$OUT"/

@@ -7,24 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.speed.scaling import efficiencies, main, speedups
+from benchmarks.speed.scaling import efficiencies, main, wall_efficiencies
 from tests.search.test_search import TINY_SPACE
 
 
-def test_efficiency_is_throughput_over_n_times_the_one_gpu_throughput():
+def test_efficiency_is_throughput_over_n_times_the_one_gpu_throughput() -> None:
     rows = [{"gpus": 1, "trials_per_hour": 100.0}, {"gpus": 2, "trials_per_hour": 180.0},
             {"gpus": 4, "trials_per_hour": 340.0}]
     assert efficiencies(rows, "trials_per_hour") == {"1": 1.0, "2": 0.9, "4": 0.85}
     assert efficiencies(rows[1:], "trials_per_hour") == {}  # no one-GPU run to compare with
 
 
-def test_grid_efficiency_is_the_speedup_over_n():
+def test_grid_efficiency_is_the_speedup_over_n() -> None:
     rows = [{"gpus": 1, "wall_seconds": 400.0}, {"gpus": 2, "wall_seconds": 250.0}]
-    assert speedups(rows) == {"1": 1.0, "2": 0.8}
+    assert wall_efficiencies(rows) == {"1": 1.0, "2": 0.8}
 
 
 @pytest.mark.slow
-def test_a_search_and_a_grid_on_one_and_two_simulated_gpus(shared_data_dir: Path, tmp_path: Path):
+def test_a_search_and_a_grid_on_one_and_two_simulated_gpus(shared_data_dir: Path, tmp_path: Path) -> None:
     space = tmp_path / "tiny.yaml"
     space.write_text(TINY_SPACE.replace("1.0e+30", "0.003"))  # no diverging trial here
     out = tmp_path / "scaling.json"

@@ -13,7 +13,7 @@ OFFICIAL = Path(__file__).resolve().parents[2] / "results" / "official"
 RUNS = json.loads((OFFICIAL / "runs.json").read_text())
 
 
-def test_committed_comparison_rebuilds_from_the_committed_runs(tmp_path):
+def test_committed_comparison_rebuilds_from_the_committed_runs(tmp_path: Path) -> None:
     for name, run in RUNS.items():
         (tmp_path / "runs" / f"{name}.json").parent.mkdir(exist_ok=True)
         (tmp_path / "runs" / f"{name}.json").write_text(json.dumps(run))
@@ -23,14 +23,14 @@ def test_committed_comparison_rebuilds_from_the_committed_runs(tmp_path):
 
 
 @pytest.mark.parametrize("name", [name for name, run in RUNS.items() if run.get("test_windows") is not None])
-def test_every_recorded_test_covers_all_windows_of_its_test_set(name):
+def test_every_recorded_test_covers_all_windows_of_its_test_set(name: str) -> None:
     run = RUNS[name]
     assert run.get("completed", True) and not run.get("cut")
     whole = {(r["dataset"], r["pred_len"]): r["test_windows_total"] for r in RUNS.values() if r.get("test_windows_total")}
     assert run["test_windows"] == whole[(run["dataset"], run["pred_len"])]
 
 
-def test_the_official_weather_run_is_in_the_summary_with_its_one_seed():
+def test_the_official_weather_run_is_in_the_summary_with_its_one_seed() -> None:
     summary = json.loads((OFFICIAL / "comparison.json").read_text())["summary"]
     official = summary["weather/96/official/without causal_conv1d"]
     assert official["seeds"] == [2023]

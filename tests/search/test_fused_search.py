@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from search.groups import GroupPlan, GroupSearcher, member_paths
+from search.groups import GroupPlan, GroupSearcher, member_id, member_paths, tune_trial_of
 from search.member_rungs import Rungs, milestones
 from search.space import EXPERIMENT_KEY, BoundSpace, load_space
 from tests.search.test_search import CLI, REPO_ROOT, TINY_SPACE, kind, store, wait_for_finished_trial
@@ -29,6 +29,12 @@ FUSED_SPACE = TINY_SPACE.replace("train:", "  dropout: {low: 0.0, high: 0.3}\ntr
 SEED = 5
 TRIALS = 4
 SHAPE_KEYS = ("model.num_experts", "model.top_k", "model.patch_len", "model.stride")
+
+
+def test_a_member_run_names_its_group_trial_and_a_plain_run_itself() -> None:
+    assert tune_trial_of(member_id("b8f2425b", 3)) == "b8f2425b"
+    assert tune_trial_of("b8f2425b") == "b8f2425b"
+    assert tune_trial_of(member_id("b8f2425b", 12)) == tune_trial_of(member_id("b8f2425b", 0))
 
 
 @pytest.fixture(scope="module")
